@@ -1,0 +1,1 @@
+"""Data engine: synthetic chest X-ray phantoms and loaders for real datasets."""
