@@ -238,11 +238,12 @@ def render_pneumothorax(c: FindingCanvas, side: str) -> None:
 def render_consolidation(c: FindingCanvas, pneumonia: bool) -> None:
     side = str(c.rng.choice(SIDES, p=[0.55, 0.45]))
     lobe = str(c.rng.choice([n for n, _, _ in LOBES[side]], p=[0.3, 0.25, 0.45]))
+    severity = str(c.rng.choice(["patchy", "dense"]))
+    radius = c.size * c.rng.uniform(0.05, 0.09)
     region = lobe_mask(c, side, lobe)
     point = _pick_point(c, region & _eroded(c, region), c.size * 0.03)
     if point is None:
         return
-    radius = c.size * c.rng.uniform(0.05, 0.09)
     opacity = _blob(c, point[0], point[1], radius, lobes=4) * region
     mask = opacity > 0.35
     bronchi = Layer(c.size)
@@ -254,8 +255,7 @@ def render_consolidation(c: FindingCanvas, pneumonia: bool) -> None:
     c.add(0.24 * opacity - 0.07 * soften(bronchi.array(), 0.8) * mask)
     labels = ("Pneumonia", "Consolidation", "Lung Opacity") if pneumonia else (
         "Consolidation", "Lung Opacity")
-    c.record("consolidation", labels, mask, side=side, location=lobe,
-             severity=str(c.rng.choice(["patchy", "dense"])))
+    c.record("consolidation", labels, mask, side=side, location=lobe, severity=severity)
 
 
 def _eroded(c: FindingCanvas, region: np.ndarray) -> np.ndarray:
@@ -281,10 +281,11 @@ def render_atelectasis(c: FindingCanvas) -> None:
         mask |= band.mask() & c.lung(side)
         layer.line(pts, c.size * 0.011)
     c.add(0.16 * soften(layer.array(), c.size * 0.004) * c.r.masks["lungs"])
+    severity = str(c.rng.choice(["minimal", "mild", "subsegmental"]))
     side_word = "bilateral" if bilateral else sides[0]
     location = "both lung bases" if bilateral else f"{sides[0]} lung base"
     c.record("atelectasis", ("Atelectasis", "Lung Opacity"), mask, side=side_word,
-             location=location, severity=str(c.rng.choice(["minimal", "mild", "subsegmental"])))
+             location=location, severity=severity)
 
 
 def render_edema(c: FindingCanvas) -> None:
@@ -455,8 +456,13 @@ def render_plan(c: FindingCanvas, plan: Plan) -> list[Finding]:
                            ("pacemaker", render_pacemaker)):
         if kind in kinds:
             steps.append(lambda r=renderer: r(c))  # type: ignore[misc]
-    for step in steps:
+    base = c.rng
+    for n, step in enumerate(steps):
+        # One stream per finding, so what one draws (which can depend on the image size)
+        # never shifts the next: the same seed gives the same findings at every size.
+        c.rng = np.random.default_rng([int(base.integers(2**31)), n])
         step()
+    c.rng = base
     return c.findings
 
 

@@ -37,16 +37,19 @@ def generate_study(seed: int, size: int = 512) -> PhantomStudy:
     """Render the synthetic frontal chest radiograph number ``seed`` at ``size`` pixels."""
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
-    rng = np.random.default_rng([seed, 0x5EED])
+    # Independent streams: drawing (whose draws depend on the size) never shifts the plan,
+    # the patient or the wording, so a seed is the same study at every size.
+    rng, anatomy_rng, findings_rng, film_rng = (np.random.default_rng([seed, stream])
+                                                for stream in range(4))
     plan = plan_findings(rng)
-    anatomy = sample_anatomy(rng, size, heart_ratio=plan.heart_ratio,
+    anatomy = sample_anatomy(anatomy_rng, size, heart_ratio=plan.heart_ratio,
                              mediastinum_scale=plan.mediastinum_scale)
-    render = render_anatomy(rng, anatomy)
-    field_of_view_mm = rng.uniform(380.0, 430.0)
+    field_of_view_mm = anatomy_rng.uniform(380.0, 430.0)
+    render = render_anatomy(anatomy_rng, anatomy)
     pixel_spacing_mm = field_of_view_mm / size
-    canvas = FindingCanvas(rng, anatomy, render, pixel_spacing_mm)
+    canvas = FindingCanvas(findings_rng, anatomy, render, pixel_spacing_mm)
     findings = render_plan(canvas, plan)
-    image = expose(rng, canvas.attenuation, sample_exposure(rng), size / 512.0)
+    image = expose(film_rng, canvas.attenuation, sample_exposure(film_rng), size / 512.0)
     sentences = write_report(rng, findings, render.masks)
     positives = {label for f in findings for label in f.labels}
     view = "AP" if plan.scenario == "icu" or rng.random() < 0.15 else "PA"

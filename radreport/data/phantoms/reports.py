@@ -45,6 +45,10 @@ def _cap(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
+def _the(location: str) -> str:
+    return location if location.startswith("both ") else f"the {location}"
+
+
 # --- positive phrasings ------------------------------------------------------------------
 
 def _effusion_text(rng: np.random.Generator, group: list[Finding]) -> str:
@@ -92,10 +96,10 @@ def _positive_text(rng: np.random.Generator, f: Finding) -> str:
                            f"A {f.size_cm} cm {k} is seen in the {f.location}.",
                            f"{_cap(k)} in the {f.location} measuring {f.size_cm} cm."])
     if k == "atelectasis":
-        where = f.location
-        return _pick(rng, [f"{_cap(str(f.severity))} atelectasis at the {where}.",
-                           f"There is {f.severity} atelectasis in the {where}.",
-                           f"Linear opacity at the {where} likely reflects atelectasis."])
+        where = _the(str(f.location))
+        return _pick(rng, [f"{_cap(str(f.severity))} atelectasis at {where}.",
+                           f"There is {f.severity} atelectasis at {where}.",
+                           f"Linear opacity at {where} likely reflects atelectasis."])
     if k == "edema":
         return _pick(rng, [f"There is {f.severity} pulmonary edema.",
                            f"{_cap(str(f.severity))} interstitial pulmonary edema.",
@@ -145,7 +149,7 @@ def _impression_text(rng: np.random.Generator, group: list[Finding]) -> str:
                           else f"{_cap(str(f.location))} consolidation."),
         "nodule": f"{f.size_cm} cm {f.location} nodule; recommend CT for further evaluation.",
         "mass": f"{f.size_cm} cm {f.location} mass; recommend CT for further evaluation.",
-        "atelectasis": f"Atelectasis at the {f.location}.",
+        "atelectasis": f"Atelectasis at {_the(str(f.location))}.",
         "edema": f"{_cap(str(f.severity))} pulmonary edema.",
         "rib_fracture": f"{_cap(str(f.location))} fracture.",
         "ett": "Endotracheal tube in satisfactory position." if f.severity == "appropriate"

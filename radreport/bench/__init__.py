@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures; nothing here is a test."""
