@@ -46,7 +46,7 @@ def study_tile(rec: dict[str, Any], root: Path) -> Image.Image:
                   font=small)
     lines = [f"{rec['study_id']}  {rec['view']}  {rec['size']}px",
              f"Indication: {rec['clinical_indication']}", ""]
-    lines += _wrapped("FINDINGS: " + rec["findings_text"]) + [""]
+    lines += [*_wrapped("FINDINGS: " + rec["findings_text"]), ""]
     lines += _wrapped("IMPRESSION: " + rec["impression_text"])
     draw.multiline_text((TILE_PX + 8, 6), "\n".join(lines), fill=(230, 230, 230), font=small,
                         spacing=2)

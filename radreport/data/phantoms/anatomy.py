@@ -192,7 +192,8 @@ def body_outline(a: Anatomy, n: int = 40) -> Points:
     for i in range(n + 1):
         t = i / n
         v = shoulder_v + t * (1.1 - shoulder_v)
-        u = a.cx - b * (0.92 + 0.1 * math.sin(math.pi * min(1.0, t * 1.6)) ** 0.5) - 0.06 * (1 - t) ** 8
+        flank = 0.92 + 0.1 * math.sin(math.pi * min(1.0, t * 1.6)) ** 0.5
+        u = a.cx - b * flank - 0.06 * (1 - t) ** 8
         pts.append((u, v))
     right = [(2 * a.cx - u, v) for u, v in pts[::-1]]
     return pts + right
@@ -237,7 +238,8 @@ def render_anatomy(rng: np.random.Generator, a: Anatomy) -> AnatomyRender:
     tissue = body * (0.35 + 0.65 * np.sqrt(across))
     if a.female:
         for s in (-1.0, 1.0):
-            d = ((u - (a.cx + s * a.half_width * 0.55)) / 0.17) ** 2 + ((v - (a.dome_v + 0.04)) / 0.12) ** 2
+            du = (u - (a.cx + s * a.half_width * 0.55)) / 0.17
+            d = du**2 + ((v - (a.dome_v + 0.04)) / 0.12) ** 2
             tissue = tissue + 0.18 * np.clip(1 - d, 0, 1) ** 0.5 * body
     below_lungs = np.maximum.accumulate(lungs, axis=0) & ~lungs
     abdomen = body & (below_lungs | ((v > a.dome_v + 0.02) & ~lungs))

@@ -95,7 +95,7 @@ def save_masks(study: PhantomStudy, path: Path) -> None:
     arrays = {f"finding_{i}": f.mask for i, f in enumerate(study.findings)}
     arrays |= {f"anatomy_{name}": mask for name, mask in study.anatomy.items()}
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
+    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
     os.replace(tmp, path)
 
 

@@ -14,7 +14,7 @@ from radreport.data.phantoms.anatomy import render_anatomy, sample_anatomy
 from radreport.data.phantoms.detector import expose, sample_exposure
 from radreport.data.phantoms.findings import FindingCanvas, plan_findings, render_plan
 from radreport.data.phantoms.reports import write_report
-from radreport.data.phantoms.study import PatientInfo, PhantomStudy
+from radreport.data.phantoms.study import PatientInfo, PhantomStudy, ViewPosition
 
 MIN_SIZE, MAX_SIZE = 256, 2048
 
@@ -52,7 +52,7 @@ def generate_study(seed: int, size: int = 512) -> PhantomStudy:
     image = expose(film_rng, canvas.attenuation, sample_exposure(film_rng), size / 512.0)
     sentences = write_report(rng, findings, render.masks)
     positives = {label for f in findings for label in f.labels}
-    view = "AP" if plan.scenario == "icu" or rng.random() < 0.15 else "PA"
+    view: ViewPosition = "AP" if plan.scenario == "icu" or rng.random() < 0.15 else "PA"
     return PhantomStudy(
         study_id=f"PHANTOM-S{seed:07d}",
         seed=seed,

@@ -105,7 +105,7 @@ def _positive_text(rng: np.random.Generator, f: Finding) -> str:
                            f"{_cap(str(f.severity))} interstitial pulmonary edema.",
                            f"Perihilar opacities consistent with {f.severity} pulmonary edema."])
     if k == "rib_fracture":
-        where = f.location
+        where = str(f.location)
         return _pick(rng, [f"There is a {f.severity} fracture of the {where}.",
                            f"{_cap(str(f.severity))} fracture of the {where}.",
                            f"A {f.severity} {where} fracture is seen."])

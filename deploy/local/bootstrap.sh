@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up everything `make demo` and `make test` need on a fresh Debian/Ubuntu machine:
+# the Debian tools the tests use as real peers, and a Python 3.11 virtualenv with the project.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+VENV=${RADREPORT_VENV:-.venv}
+DEBIAN_PACKAGES=(dicom3tools dcmtk)
+
+missing=()
+command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "bootstrap: please install the Debian packages: ${DEBIAN_PACKAGES[*]}" >&2; exit 1
+  fi
+  echo "bootstrap: installing ${missing[*]} with apt-get"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "bootstrap: Python 3.11 is required (found $("$PYTHON" --version 2>&1))" >&2; exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bootstrap: creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "bootstrap: installing Python packages into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi

@@ -1,0 +1,45 @@
+"""The real ``radreport`` command in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def radreport(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "radreport.cli", *args], capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_phantoms_then_contact_sheet(tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    done = radreport("phantoms", "--n", "3", "--size", "256", "--seed", "5", "--out", str(out),
+                     "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    assert "wrote 3 studies" in done.stdout
+    records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["study_id"] for r in records] == [f"PHANTOM-S{s:07d}" for s in (5, 6, 7)]
+    assert all((out / r["image"]).is_file() and (out / r["masks"]).is_file() for r in records)
+
+    sheet = tmp_path / "sheet.png"
+    done = radreport("contact-sheet", str(out), "--out", str(sheet))
+    assert done.returncode == 0, done.stderr
+    assert sheet.stat().st_size > 10_000
+
+
+def test_bad_size_is_a_clear_usage_error(tmp_path: Path) -> None:
+    done = radreport("phantoms", "--n", "1", "--size", "4096", "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert "--size" in done.stderr and "2048" in done.stderr
+
+
+def test_bench_prints_figures() -> None:
+    done = radreport("bench", "phantoms", "--count", "5", "--size", "256")
+    assert done.returncode == 0, done.stderr
+    assert "ms/study" in done.stdout and "5 phantoms at 256 px" in done.stdout
