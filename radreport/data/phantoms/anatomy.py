@@ -247,19 +247,19 @@ def render_anatomy(rng: np.random.Generator, a: Anatomy) -> AnatomyRender:
 
     lung_depth = soften(lungs.astype(np.float32), f.px(0.025))
     texture = 0.025 * smooth_noise(rng, size, f.px(0.02))
-    # Organ edges share one blur; bone and vessels get their own, sharper ones.
+    # Organ edges share one blur; bone and vessels are left to the detector's own blur.
     organs = (0.05 * heart + 0.10 * mediastinum - 0.12 * _airway(a)
               + lungs * (texture - 0.36 * lung_depth))
     vessel_tree = Layer(size)
     for side in ("right", "left"):
         _draw_vessels(rng, a, side, vessel_tree)
-    vessel_attenuation = soften(vessel_tree.array(), f.px(0.002))
+    vessel_attenuation = vessel_tree.array()
     vessels = {"right": vessel_attenuation * lung_right, "left": vessel_attenuation * lung_left}
     attenuation = (
         0.45 * tissue
         + 0.12 * abdomen_soft
         + soften(organs, f.px(0.004))
-        + soften(_bones(a), f.px(0.0022))
+        + _bones(a)
         + vessels["right"]
         + vessels["left"]
     ).astype(np.float32)
@@ -327,23 +327,26 @@ def _draw_vessels(rng: np.random.Generator, a: Anatomy, side: str, layer: Layer)
     f = a.frame
     hu, hv = a.hilum(side)
     s = a.side_sign(side)
+    draws = iter(rng.random(4096).tolist())  # one call, not one per branch: this loop is hot
     stack: list[tuple[float, float, float, float, int]] = []
-    for k in range(9):  # trunks fanning from upper to lower lobe
-        angle = math.radians(-75 + k * 20 + rng.uniform(-8, 8))
-        stack.append((hu, hv, angle, 0.008, 0))
+    for k in range(11):  # trunks fanning from upper to lower lobe
+        angle = math.radians(-80 + k * 16 + 12 * next(draws) - 6)
+        stack.append((hu, hv, angle, 0.007, 0))
+    segments: list[tuple[Points, float, float]] = []
     while stack:
         u0, v0, angle, width, depth = stack.pop()
-        length = rng.uniform(0.035, 0.07) * (0.85**depth)
-        bend = angle + math.radians(rng.uniform(-15, 15))
+        length = (0.035 + 0.035 * next(draws)) * (0.85**depth)
+        bend = angle + math.radians(30 * next(draws) - 15)
         um = u0 + s * math.cos(angle) * length * 0.5
         vm = v0 + math.sin(angle) * length * 0.5
         u1 = um + s * math.cos(bend) * length * 0.5
         v1 = vm + math.sin(bend) * length * 0.5
-        layer.line(f.to_px([(u0, v0), (um, vm), (u1, v1)]), max(1.0, f.px(width)),
-                   0.07 * min(1.0, width / 0.005), caps=False)
-        angle = bend
-        if depth < 5 and width > 0.0012:
+        segments.append(([(u0, v0), (um, vm), (u1, v1)], width, 0.07 * min(1.0, width / 0.005)))
+        if depth < 4:
             for turn in (-1, 1):
-                if rng.random() < 0.9:
-                    stack.append((u1, v1, angle + turn * math.radians(rng.uniform(12, 30)),
-                                  width * rng.uniform(0.62, 0.78), depth + 1))
+                if next(draws) < 0.9:
+                    spread = math.radians(12 + 18 * next(draws))
+                    stack.append((u1, v1, bend + turn * spread,
+                                  width * (0.62 + 0.16 * next(draws)), depth + 1))
+    for points, width, value in segments:
+        layer.line(f.to_px(points), max(1.0, f.px(width)), value, caps=False)

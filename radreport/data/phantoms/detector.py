@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ def sample_exposure(rng: np.random.Generator) -> Exposure:
         gain=rng.uniform(1.4, 1.9),
         gamma=rng.uniform(0.8, 1.25),
         noise=rng.uniform(0.008, 0.03),
-        blur_px=rng.uniform(0.4, 1.1),
+        blur_px=rng.uniform(0.7, 1.2),
         lift=rng.uniform(-0.03, 0.04),
         grain=rng.uniform(0.0, 0.03),
     )
@@ -38,9 +39,11 @@ def expose(rng: np.random.Generator, attenuation: np.ndarray, exposure: Exposure
 
     ``scale`` is the image size over 512 so blur and noise grain look alike at every size.
     """
-    signal = 1.0 - np.exp(-exposure.gain * np.clip(attenuation, 0.0, None))
-    signal = signal / (1.0 - np.exp(-exposure.gain * 1.05))
-    signal = np.power(signal, exposure.gamma, dtype=np.float32)
+    signal = np.clip(attenuation, 0.0, None)
+    signal *= -exposure.gain
+    np.exp(signal, out=signal)
+    signal = (1.0 - signal) / (1.0 - math.exp(-exposure.gain * 1.05))
+    np.power(signal, exposure.gamma, out=signal)
     signal = soften(signal, exposure.blur_px * scale)
     size = attenuation.shape[0]
     quantum = rng.standard_normal(attenuation.shape, dtype=np.float32)

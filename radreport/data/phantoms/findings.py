@@ -229,7 +229,7 @@ def render_pneumothorax(c: FindingCanvas, side: str) -> None:
     c.add(-0.04 * soften(air.astype(np.float32), c.size * 0.003))
     pleural_line = Layer(c.size)
     pleural_line.line(lung_px, max(1.0, c.size * 0.0025), caps=False)
-    c.add(0.05 * soften(pleural_line.array() * c.lung(side), 0.6))
+    c.add(0.05 * pleural_line.array() * c.lung(side))
     c.pneumothorax_sides.add(side)
     c.record("pneumothorax", ("Pneumothorax",), air, side=side, severity=severity,
              location=f"{side} apex" if severity == "small" else f"{side} hemithorax")
@@ -252,7 +252,7 @@ def render_consolidation(c: FindingCanvas, pneumonia: bool) -> None:
         bronchi.line([point, (point[0] + radius * 0.8 * math.cos(ang),
                               point[1] + radius * 0.8 * math.sin(ang))],
                      max(1.0, c.size * 0.004), caps=False)
-    c.add(0.24 * opacity - 0.07 * soften(bronchi.array(), 0.8) * mask)
+    c.add(0.24 * opacity - 0.07 * bronchi.array() * mask)
     labels = ("Pneumonia", "Consolidation", "Lung Opacity") if pneumonia else (
         "Consolidation", "Lung Opacity")
     c.record("consolidation", labels, mask, side=side, location=lobe, severity=severity)
@@ -343,13 +343,13 @@ def render_rib_fracture(c: FindingCanvas, side: str) -> None:
     gap = Layer(c.size)
     gap.line([(x0 - nx * half, y0 - ny * half), (x0 + nx * half, y0 + ny * half)],
              max(1.0, c.size * 0.004), caps=False)
-    c.add(-0.12 * soften(gap.array(), 0.7))
+    c.add(-0.12 * gap.array())
     displaced = bool(c.rng.random() < 0.4)
     if displaced:
         step = Layer(c.size)
         step.line([(x0, y0), (x0 + dx * 1.5, y0 + dy * 1.5 + c.size * 0.006)],
                   c.size * 0.012, caps=False)
-        c.add(0.06 * soften(step.array(), 0.8))
+        c.add(0.06 * step.array())
     mask = disk_mask(c.size, x0, y0, c.size * 0.03)
     ordinal = _ordinal(k + 1)
     c.record("rib_fracture", ("Fracture",), mask, side=side, location=f"{side} {ordinal} rib",
@@ -365,7 +365,7 @@ def _device_line(c: FindingCanvas, points: Points, width: float, value: float,
     px = c.a.frame.to_px(points)
     layer = Layer(c.size)
     layer.line(px, max(1.0, c.size * width), caps=False)
-    c.add(value * soften(layer.array(), 0.6))
+    c.add(value * layer.array())
     wide = Layer(c.size)
     wide.line(px, c.size * mask_width)
     return wide.mask()
@@ -401,7 +401,7 @@ def render_pacemaker(c: FindingCanvas) -> None:
     box = c.a.frame.to_px([(gu - 0.04, gv - 0.025), (gu + 0.04, gv - 0.025),
                            (gu + 0.04, gv + 0.025), (gu - 0.04, gv + 0.025)])
     layer.polygon(box)
-    c.add(0.5 * soften(layer.array(), 0.8))
+    c.add(0.5 * layer.array())
     mask = layer.mask()
     heart_v = c.a.dome_v - 0.35 * c.a.heart_height
     leads = [[(gu, gv), (c.a.cx + 0.03, c.a.apex_v + 0.06), (c.a.cx - 0.02, c.a.carina_v + 0.05),
