@@ -13,7 +13,13 @@ from PIL import Image
 from radreport.data.contact_sheet import write_contact_sheet
 from radreport.data.labels import CHEXPERT_LABELS
 from radreport.data.phantoms import generate_study
-from radreport.data.phantoms.export import MANIFEST_CSV, export_studies, load_png16, read_manifest
+from radreport.data.phantoms.export import (
+    MANIFEST_CSV,
+    export_studies,
+    load_masks,
+    load_png16,
+    read_manifest,
+)
 
 SEEDS = range(40, 44)
 
@@ -37,10 +43,12 @@ def test_manifest_matches_the_generator(export_dir: Path) -> None:
         assert [s["box"] for s in rec["sentences"]] == [list(s.box) for s in study.sentences]
         image = load_png16(export_dir / rec["image"])
         assert np.abs(image - study.image).max() <= 1 / 65535
-        with np.load(export_dir / rec["masks"]) as masks:
-            for i, finding in enumerate(study.findings):
-                assert np.array_equal(masks[f"finding_{i}"], finding.mask)
-            assert np.array_equal(masks["anatomy_lungs"], study.anatomy["lungs"])
+        masks = load_masks(export_dir / rec["masks"])
+        assert set(masks) == {f"finding_{i}" for i in range(len(study.findings))} | {
+            f"anatomy_{name}" for name in study.anatomy}
+        for i, finding in enumerate(study.findings):
+            assert np.array_equal(masks[f"finding_{i}"], finding.mask)
+        assert np.array_equal(masks["anatomy_lungs"], study.anatomy["lungs"])
 
 
 def test_png_is_16_bit_grayscale(export_dir: Path) -> None:
