@@ -226,10 +226,12 @@ def render_pneumothorax(c: FindingCanvas, side: str) -> None:
     if air.sum() == 0:
         return
     c.attenuation -= c.r.vessels[side] * air  # no lung markings beyond the pleural line
-    c.add(-0.04 * soften(air.astype(np.float32), c.size * 0.003))
+    c.add(-0.07 * soften(air.astype(np.float32), c.size * 0.003))
+    collapsed_lung = c.lung(side) & inner  # the deflated lung is denser
+    c.add(0.05 * (1.0 - keep) / 0.5 * soften(collapsed_lung.astype(np.float32), c.size * 0.006))
     pleural_line = Layer(c.size)
-    pleural_line.line(lung_px, max(1.0, c.size * 0.0025), caps=False)
-    c.add(0.05 * pleural_line.array() * c.lung(side))
+    pleural_line.line(lung_px, max(1.0, c.size * 0.003), caps=False)
+    c.add(0.08 * pleural_line.array() * c.lung(side))
     c.pneumothorax_sides.add(side)
     c.record("pneumothorax", ("Pneumothorax",), air, side=side, severity=severity,
              location=f"{side} apex" if severity == "small" else f"{side} hemithorax")
