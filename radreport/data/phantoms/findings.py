@@ -144,6 +144,7 @@ def lobe_mask(c: FindingCanvas, side: str, lobe: str) -> np.ndarray:
 
 
 def zone_of(c: FindingCanvas, side: str, v_fraction: float) -> str:
+    """Radiographic zone (upper/mid/lower thirds of the lung height), e.g. 'left mid zone'."""
     for name, lo, hi in ZONES:
         if lo <= v_fraction < hi:
             return f"{side} {name} zone"
@@ -327,8 +328,10 @@ def render_lesion(c: FindingCanvas) -> None:
     c.add((0.22 if is_mass else 0.16) * opacity)
     mask = opacity > 0.5
     kind = "mass" if is_mass else "nodule"
+    x, y = int(point[0]), int(point[1])
+    zone = zone_of(c, side, float(c.height_fraction(side)[y, x]))
     c.record(kind, ("Lung Lesion", "Lung Opacity"), mask, side=side, location=lobe,
-             size_cm=size_cm, severity="large" if is_mass else "small")
+             size_cm=size_cm, severity="large" if is_mass else "small", zone=zone)
 
 
 def render_rib_fracture(c: FindingCanvas, side: str) -> None:

@@ -10,10 +10,12 @@ import pytest
 from radreport.data.benchmark import BENCHMARK_SPLITS, benchmark_split
 from radreport.data.labels import CHEXPERT_LABELS, NEGATIVE, POSITIVE, label_vector
 from radreport.data.phantoms import PhantomStudy, generate_study
+from radreport.data.phantoms.findings import LOBES
 from radreport.data.phantoms.reports import count_tokens
 from radreport.data.phantoms.study import mask_box
 
 CONSISTENCY_SEEDS = range(100, 160)
+LOBE_NAMES = {side: {name for name, _, _ in lobes} for side, lobes in LOBES.items()}
 REQUIRED_KINDS = {"cardiomegaly", "enlarged_cardiomediastinum", "pleural_effusion",
                   "pneumothorax", "nodule", "mass", "consolidation", "atelectasis", "edema",
                   "rib_fracture", "ett", "central_line", "pacemaker"}
@@ -122,10 +124,16 @@ def test_findings_carry_location_and_severity(studies: list[PhantomStudy]) -> No
                 assert f.side in ("left", "right") and f.severity in ("small", "moderate",
                                                                        "large")
             if f.kind in ("nodule", "mass"):
-                assert f.size_cm is not None and f.location is not None
+                assert f.size_cm is not None and f.location in LOBE_NAMES[str(f.side)]
                 assert (f.size_cm < 3.0) == (f.kind == "nodule")
+                assert f.attributes["zone"] in {f"{f.side} {z} zone" for z in ("upper", "mid",
+                                                                               "lower")}
+                # the stated size matches the drawn lesion within a third (lobulated masses)
+                diameter_mm = 2 * np.sqrt(f.mask.sum() / np.pi) * study.pixel_spacing_mm
+                assert abs(diameter_mm / 10 - f.size_cm) < f.size_cm / 3, (diameter_mm, f.size_cm)
             if f.kind == "consolidation":
-                assert f.location is not None and "l" in f.location
+                assert f.location in LOBE_NAMES[str(f.side)]
+                assert (f.mask & ~study.anatomy[f"lung_{f.side}"]).sum() == 0
 
 
 def test_reports_look_like_real_ones(studies: list[PhantomStudy]) -> None:
