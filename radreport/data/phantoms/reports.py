@@ -145,7 +145,8 @@ def _impression_text(rng: np.random.Generator, group: list[Finding]) -> str:
         "cardiomegaly": "Cardiomegaly.",
         "enlarged_cardiomediastinum": "Widened mediastinum; correlate clinically.",
         "pneumothorax": f"{_cap(str(f.severity))} {f.side} pneumothorax.",
-        "consolidation": (f"{_cap(str(f.location))} pneumonia." if "Pneumonia" in f.labels
+        "consolidation": (f"{_cap(str(f.location))} consolidation consistent with pneumonia."
+                          if "Pneumonia" in f.labels
                           else f"{_cap(str(f.location))} consolidation."),
         "nodule": f"{f.size_cm} cm {f.location} nodule; recommend CT for further evaluation.",
         "mass": f"{f.size_cm} cm {f.location} mass; recommend CT for further evaluation.",
@@ -194,10 +195,10 @@ NEGATIVES: tuple[tuple[frozenset[str], str, tuple[str, ...], tuple[str, ...]], .
     # (kinds whose presence suppresses it, region, labels stated negative, phrasings)
     (frozenset({"consolidation", "edema", "nodule", "mass", "atelectasis"}), "lungs",
      ("Consolidation", "Lung Opacity"),
-     ("The lungs are clear.", "No focal consolidation.", "The lungs are clear without focal "
-      "consolidation.")),
+     ("The lungs are clear.", "The lungs are clear without focal consolidation.")),
     (frozenset({"consolidation"}), "lungs", ("Consolidation",),
-     ("No focal airspace consolidation.", "No focal consolidation is seen.")),
+     ("No focal airspace consolidation.", "No focal consolidation is seen.",
+      "No focal consolidation.")),
     (frozenset({"nodule", "mass"}), "lungs", ("Lung Lesion",),
      ("No suspicious pulmonary nodule or mass.", "No focal pulmonary nodule or mass is "
       "identified.")),
