@@ -1,0 +1,90 @@
+"""Hyper-parameters of the grounded report model, saved verbatim in every checkpoint.
+
+A checkpoint must rebuild its own model without guessing, so everything that changes a
+tensor shape or the loss lives here, and ``to_dict``/``from_dict`` round-trip through JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from radreport.data.labels import CHEXPERT_LABELS
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """ViT image encoder + cross-attending Transformer decoder + multi-label head."""
+
+    vocab_size: int
+    image_size: int = 256
+    patch: int = 16
+    in_chans: int = 1
+    enc_depth: int = 4
+    enc_width: int = 192
+    enc_heads: int = 3
+    dec_depth: int = 3
+    dec_width: int = 192
+    dec_heads: int = 3
+    mlp_ratio: int = 4
+    max_len: int = 160
+    n_labels: int = len(CHEXPERT_LABELS)
+    dropout: float = 0.0
+    tie_weights: bool = True
+    # Decoder layers whose cross-attention is averaged into the grounding map; None = all.
+    grounding_layers: tuple[int, ...] | None = None
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    lambda_ground: float = 0.1
+    lambda_entropy: float = 0.01
+    lambda_label: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch {self.patch}"
+            )
+        for name, width, heads in (("enc", self.enc_width, self.enc_heads),
+                                   ("dec", self.dec_width, self.dec_heads)):
+            if width % heads:
+                raise ValueError(f"{name}_width {width} is not divisible by {name}_heads {heads}")
+        if self.grounding_layers is not None:
+            # JSON gives lists; a frozen dataclass must hold a hashable tuple.
+            object.__setattr__(self, "grounding_layers", tuple(self.grounding_layers))
+            bad = [i for i in self.grounding_layers if not 0 <= i < self.dec_depth]
+            if bad or not self.grounding_layers:
+                raise ValueError(
+                    f"grounding_layers {self.grounding_layers} must be a non-empty subset of "
+                    f"range(dec_depth={self.dec_depth})"
+                )
+
+    @property
+    def grid(self) -> int:
+        """Patches per image side."""
+        return self.image_size // self.patch
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def grounding_layer_indices(self) -> tuple[int, ...]:
+        if self.grounding_layers is None:
+            return tuple(range(self.dec_depth))
+        return self.grounding_layers
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.grounding_layers is not None:
+            data["grounding_layers"] = list(self.grounding_layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Rebuild a config; unknown keys are an error so a stale checkpoint fails loudly."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {unknown}")
+        return cls(**data)
