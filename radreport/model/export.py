@@ -1,0 +1,169 @@
+"""Export the report model to two ONNX graphs that a serving loop can drive step by step.
+
+``encoder.onnx`` runs once per image and also precomputes every decoder layer's
+cross-attention keys/values, so a decoder step never recomputes them.
+``decoder_step.onnx`` takes new tokens plus the self-attention cache and returns the next
+logits and the grown cache in the same layout, so the caller feeds ``present_kv`` straight
+back as ``past_kv`` (starting from a zero-length cache). Positions come from the cache
+length, so there is no position input to keep in sync.
+
+Graph I/O (L decoder layers, h heads, d head width, N patches, V vocabulary):
+
+- encoder: ``image`` f32 (B, 1, H, W) -> ``memory_kv`` f32 (L, 2, B, h, N, d),
+  ``label_probs`` f32 (B, n_labels) (sigmoid). Patch features are not an output: the
+  decoder only needs their K/V, and an output that also feeds other nodes breaks the
+  FP16 converter's ``keep_io_types``.
+- decoder step: ``tokens`` i64 (B, T_new), ``past_kv`` f32 (L, 2, B, h, T_past, d),
+  ``memory_kv`` -> ``logits`` f32 (B, T_new, V), ``present_kv`` f32
+  (L, 2, B, h, T_past + T_new, d), ``cross_attn`` f32 (B, T_new, N) (mean over heads and
+  grounding layers)
+
+The TorchScript exporter (``dynamo=False``) is used: torch.export specialises dimensions
+of size 0 and 1 by default, which are exactly the empty first cache and the one-token
+step. The ``max_len`` guard is evaluated only at trace time, so the graph does not check
+it (an over-long position fails in a Gather); ``OnnxReportModel`` caps the length from
+the ``max_len`` stored in the graph metadata along with bos/eos/pad ids.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from radreport.model.model import KV, RadReportModel
+
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder_step.onnx"
+ENCODER_INPUTS = ["image"]
+ENCODER_OUTPUTS = ["memory_kv", "label_probs"]
+DECODER_INPUTS = ["tokens", "past_kv", "memory_kv"]
+DECODER_OUTPUTS = ["logits", "present_kv", "cross_attn"]
+MIN_OPSET = 17
+
+
+class EncoderGraph(nn.Module):
+    """Image -> stacked cross-attention K/V and label probabilities."""
+
+    def __init__(self, model: RadReportModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        feats = self.model.encode(image)
+        memory_kv = stack_kv(self.model.memory_kv(feats.memory))
+        return memory_kv, torch.sigmoid(feats.label_logits)
+
+
+class DecoderStepGraph(nn.Module):
+    """One decoder call over stacked caches; positions continue after ``T_past``."""
+
+    def __init__(self, model: RadReportModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, past_kv: Tensor,
+                memory_kv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        step = self.model.decode(tokens, unstack_kv(memory_kv), unstack_kv(past_kv))
+        return step.logits, stack_kv(step.cache), step.cross_attn
+
+
+def stack_kv(kv: list[KV]) -> Tensor:
+    """Per-layer (keys, values) -> one (L, 2, B, h, S, d) tensor."""
+    return torch.stack([torch.stack(pair) for pair in kv])
+
+
+def unstack_kv(kv: Tensor) -> list[KV]:
+    """(L, 2, B, h, S, d) -> per-layer (keys, values)."""
+    return [(layer[0], layer[1]) for layer in kv.unbind(0)]
+
+
+def export_onnx(model: RadReportModel, out_dir: str | Path,
+                opset: int = MIN_OPSET) -> tuple[Path, Path]:
+    """Write ``encoder.onnx`` and ``decoder_step.onnx`` (checked) and return their paths."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        enc = _export_encoder(model, out / ENCODER_FILE, opset)
+        dec = _export_decoder(model, out / DECODER_FILE, opset)
+    finally:
+        model.train(was_training)
+    return enc, dec
+
+
+def _example_image(model: RadReportModel, batch: int) -> Tensor:
+    cfg = model.config
+    return torch.rand(batch, cfg.in_chans, cfg.image_size, cfg.image_size)
+
+
+def _export_encoder(model: RadReportModel, path: Path, opset: int) -> Path:
+    axes = {"image": {0: "batch"}, "memory_kv": {2: "batch"}, "label_probs": {0: "batch"}}
+    _export(EncoderGraph(model), (_example_image(model, 2),), path, opset,
+            ENCODER_INPUTS, ENCODER_OUTPUTS, axes)
+    _finish(path, model)
+    return path
+
+
+def _export_decoder(model: RadReportModel, path: Path, opset: int) -> Path:
+    """Traced with a non-empty cache and two new tokens so no length is baked in."""
+    cfg = model.config
+    batch, t_past, t_new = 2, 3, 2
+    head_dim = cfg.dec_width // cfg.dec_heads
+    with torch.no_grad():
+        memory_kv = EncoderGraph(model)(_example_image(model, batch))[0]
+    past = torch.randn(cfg.dec_depth, 2, batch, cfg.dec_heads, t_past, head_dim)
+    tokens = torch.randint(0, cfg.vocab_size, (batch, t_new))
+    axes = {"tokens": {0: "batch", 1: "new_tokens"}, "past_kv": {2: "batch", 4: "past_len"},
+            "memory_kv": {2: "batch"}, "logits": {0: "batch", 1: "new_tokens"},
+            "present_kv": {2: "batch", 4: "total_len"},
+            "cross_attn": {0: "batch", 1: "new_tokens"}}
+    _export(DecoderStepGraph(model), (tokens, past, memory_kv), path, opset,
+            DECODER_INPUTS, DECODER_OUTPUTS, axes)
+    _finish(path, model)
+    return path
+
+
+def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, opset: int,
+            inputs: list[str], outputs: list[str], axes: dict[str, dict[int, str]]) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracer warnings about the max_len guard and shape asserts are expected.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=axes, opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
+
+
+def _finish(path: Path, model: RadReportModel) -> None:
+    """Record the decoding constants in the graph so the runtime needs no checkpoint."""
+    proto = onnx.load(str(path))
+    cfg = model.config
+    meta = {"bos_id": cfg.bos_id, "eos_id": cfg.eos_id, "pad_id": cfg.pad_id,
+            "max_len": cfg.max_len, "n_patches": cfg.n_patches, "grid": cfg.grid}
+    onnx.helper.set_model_props(proto, {k: str(v) for k, v in meta.items()})
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> Path:
+    """Dynamic INT8 quantization of the MatMul/Gemm weights (activations stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Gemm"])
+    return Path(dst)
+
+
+def convert_fp16(src: str | Path, dst: str | Path) -> Path:
+    """FP16 weights and compute, float32 at the graph boundary so callers do not change."""
+    from onnxconverter_common import float16
+
+    proto = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(proto, str(dst))
+    return Path(dst)

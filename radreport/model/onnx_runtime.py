@@ -1,0 +1,98 @@
+"""Greedy report decoding over the exported ONNX graphs, with numpy and ONNX Runtime only.
+
+This is the reference the serving backend (a Triton Python model) runs: no torch import,
+the encoder once per batch, then one decoder step per token with ``present_kv`` fed back
+as ``past_kv``. It reproduces ``radreport.model.decode.greedy_decode`` token for token:
+rows that have emitted EOS keep stepping (the batch stays rectangular) but get PAD and a
+zero attention map, and the loop stops when every row has finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+@dataclass
+class EncoderOutput:
+    memory_kv: np.ndarray  # (L, 2, B, h, N, d) float32
+    label_probs: np.ndarray  # (B, n_labels) float32
+
+
+class OnnxReportModel:
+    """The two exported graphs plus the decoding constants stored in their metadata."""
+
+    def __init__(self, encoder_path: str | Path, decoder_path: str | Path,
+                 providers: Sequence[str] = DEFAULT_PROVIDERS,
+                 options: ort.SessionOptions | None = None) -> None:
+        self.encoder = ort.InferenceSession(str(encoder_path), sess_options=options,
+                                            providers=list(providers))
+        self.decoder = ort.InferenceSession(str(decoder_path), sess_options=options,
+                                            providers=list(providers))
+        meta = self.decoder.get_modelmeta().custom_metadata_map
+        self.bos_id = int(meta.get("bos_id", 1))
+        self.eos_id = int(meta.get("eos_id", 2))
+        self.pad_id = int(meta.get("pad_id", 0))
+        self.max_len = int(meta.get("max_len", 160))
+        self._past_shape = _past_kv_template(self.decoder)
+
+    def encode(self, images: np.ndarray) -> EncoderOutput:
+        """images (B, 1, H, W) float32."""
+        memory_kv, label_probs = self.encoder.run(
+            None, {"image": np.ascontiguousarray(images, dtype=np.float32)})
+        return EncoderOutput(memory_kv, label_probs)
+
+    def step(self, tokens: np.ndarray, past_kv: np.ndarray,
+             memory_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One decoder call -> logits (B, T, V), present_kv, cross_attn (B, T, N)."""
+        logits, present_kv, cross_attn = self.decoder.run(
+            None, {"tokens": tokens.astype(np.int64), "past_kv": past_kv,
+                   "memory_kv": memory_kv})
+        return logits, present_kv, cross_attn
+
+    def empty_past(self, batch: int) -> np.ndarray:
+        """The zero-length cache a decode starts from: (L, 2, B, h, 0, d)."""
+        layers, heads, head_dim = self._past_shape
+        return np.zeros((layers, 2, batch, heads, 0, head_dim), dtype=np.float32)
+
+    def greedy(self, images: np.ndarray, bos_id: int | None = None, eos_id: int | None = None,
+               max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids (B, T) int64 (EOS kept, PAD after) and their maps (B, T, N).
+
+        ``max_len`` caps generated tokens and is itself capped by the model's positions.
+        """
+        bos = self.bos_id if bos_id is None else bos_id
+        eos = self.eos_id if eos_id is None else eos_id
+        limit = self.max_len if max_len is None else min(max_len, self.max_len)
+        memory_kv = self.encode(images).memory_kv
+        batch = memory_kv.shape[2]
+        inputs = np.full((batch, 1), bos, dtype=np.int64)
+        past = self.empty_past(batch)
+        finished = np.zeros(batch, dtype=bool)
+        tokens: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        for _ in range(limit):
+            logits, past, attn = self.step(inputs, past, memory_kv)
+            nxt = np.where(finished, self.pad_id, logits[:, -1].argmax(axis=-1))
+            maps.append(np.where(finished[:, None], np.float32(0.0), attn[:, -1]))
+            tokens.append(nxt.astype(np.int64))
+            finished |= nxt == eos
+            if finished.all():
+                break
+            inputs = tokens[-1][:, None]
+        return np.stack(tokens, axis=1), np.stack(maps, axis=1).astype(np.float32)
+
+
+def _past_kv_template(session: ort.InferenceSession) -> tuple[int, int, int]:
+    """(layers, heads, head_dim) from the decoder's declared ``past_kv`` shape."""
+    shape = next(i.shape for i in session.get_inputs() if i.name == "past_kv")
+    layers, heads, head_dim = shape[0], shape[3], shape[5]
+    if not all(isinstance(v, int) for v in (layers, heads, head_dim)):
+        raise ValueError(f"past_kv has no static layer/head sizes: {shape}")
+    return int(layers), int(heads), int(head_dim)
