@@ -67,6 +67,55 @@ def contact_sheet(
     typer.echo(f"wrote {path}")
 
 
+DEFAULT_TRAIN_CONFIG = Path(__file__).parent / "model" / "configs" / "default.toml"
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Run folder: tokenizer, checkpoints, metrics.csv.")],
+    config: Annotated[Path, typer.Option(help="TOML training config.")] = DEFAULT_TRAIN_CONFIG,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    stop_after: Annotated[int | None, typer.Option(
+        min=1, help="Stop after this many epochs in total (schedule unchanged).")] = None,
+    override: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a config value, e.g. --set train.epochs=2 (repeatable).")] = None,
+) -> None:
+    """Train the grounded report model (needs the 'train' extra: torch)."""
+    from radreport.model.train import load_config
+    from radreport.model.train import train as run_training
+
+    try:
+        resolved = load_config(config, override or [])
+    except (ValueError, TypeError) as err:
+        raise typer.BadParameter(str(err), param_hint="--set") from err
+    best = run_training(resolved, out, resume=resume, stop_after=stop_after)
+    typer.echo(f"best checkpoint: {best}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by 'radreport train'.")],
+    out: Annotated[Path, typer.Option(help="Folder for encoder.onnx and decoder_step.onnx.")],
+    int8: Annotated[bool, typer.Option(help="Also write INT8 (dynamic quantization).")] = False,
+    fp16: Annotated[bool, typer.Option(help="Also write FP16 (float32 at the boundary).")] = False,
+    opset: Annotated[int, typer.Option(min=17)] = 17,
+) -> None:
+    """Export a checkpoint to the two ONNX graphs Triton serves (needs torch)."""
+    import torch
+
+    from radreport.model.export import convert_fp16, export_onnx, quantize_int8
+    from radreport.model.model import RadReportModel
+
+    model = RadReportModel.from_checkpoint(torch.load(checkpoint, map_location="cpu",
+                                                      weights_only=True)).eval()
+    paths = list(export_onnx(model, out, opset=opset))
+    for wanted, suffix, convert in ((int8, "int8", quantize_int8), (fp16, "fp16", convert_fp16)):
+        if wanted:
+            paths += [convert(p, p.with_name(f"{p.stem}.{suffix}.onnx")) for p in paths[:2]]
+    for path in paths:
+        typer.echo(f"wrote {path}")
+
+
 @bench_app.command("phantoms")
 def bench_phantoms(
     count: Annotated[int, typer.Option(min=1)] = 1000,

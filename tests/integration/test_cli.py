@@ -43,3 +43,27 @@ def test_bench_prints_figures() -> None:
     done = radreport("bench", "phantoms", "--count", "5", "--size", "256")
     assert done.returncode == 0, done.stderr
     assert "ms/study" in done.stdout and "5 phantoms at 256 px" in done.stdout
+
+
+def test_train_then_export_tiny_model(tmp_path: Path) -> None:
+    from radreport.cli import DEFAULT_TRAIN_CONFIG
+
+    tiny = DEFAULT_TRAIN_CONFIG.with_name("tiny.toml")
+    run = tmp_path / "run"
+    done = radreport("train", "--config", str(tiny), "--out", str(run), "--set",
+                     "train.epochs=1")
+    assert done.returncode == 0, done.stderr
+    assert (run / "best.pt").is_file() and (run / "metrics.csv").is_file()
+
+    done = radreport("export", "--checkpoint", str(run / "best.pt"), "--out",
+                     str(tmp_path / "onnx"), "--int8")
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in (tmp_path / "onnx").iterdir())
+    assert names == ["decoder_step.int8.onnx", "decoder_step.onnx", "encoder.int8.onnx",
+                     "encoder.onnx"]
+
+
+def test_train_rejects_an_unknown_setting(tmp_path: Path) -> None:
+    done = radreport("train", "--out", str(tmp_path), "--set", "train.epoch=1")
+    assert done.returncode == 2
+    assert "train.epoch" in done.stderr

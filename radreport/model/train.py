@@ -1,0 +1,584 @@
+"""Train the grounded report model from a TOML config, with exact resume from ``last.pt``.
+
+A run directory holds everything needed to continue or use it: ``config.toml`` (the
+resolved config), ``tokenizer.json``, ``last.pt`` (everything resume needs, written every
+epoch), ``best.pt`` (lowest validation loss) and ``metrics.csv`` (one row per epoch).
+Phantom studies are slow to render, so by default every item is rendered once, up front,
+into an in-memory cache (float16) and later epochs only index tensors. Shuffling uses a
+generator seeded by ``(seed, epoch)`` and the global torch RNG is checkpointed, so on CPU
+"train 2 epochs" and "train 1, resume, train 1" give the same weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from radreport.model.config import ModelConfig
+from radreport.model.data import Example, PhantomReportDataset, phantom_report_texts
+from radreport.model.model import RadReportModel
+from radreport.model.tokenizer import ReportTokenizer
+
+PARTS: tuple[str, ...] = ("loss", "lm", "ground", "entropy", "label")
+METRIC_COLUMNS: tuple[str, ...] = (
+    "epoch", "step", "lr",
+    *(f"train_{p}" for p in PARTS), *(f"val_{p}" for p in PARTS), "seconds",
+)
+TOKENIZER_FILE, CONFIG_FILE, METRICS_FILE = "tokenizer.json", "config.toml", "metrics.csv"
+LAST, BEST = "last.pt", "best.pt"
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "phantoms"
+    train_seeds: tuple[int, int] = (0, 4000)  # (first, count) of the benchmark train split
+    validate_seeds: tuple[int, int] = (1_000_000, 200)
+    study_size: int = 512  # rendered at this size, then area-downsampled to model.image_size
+    tokenizer_corpus: int = 2000  # the first N train reports build the vocabulary
+    num_workers: int = 2
+    cache: bool = True  # render once into memory; later epochs cost only the model
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # final lr as a fraction of ``lr``
+    grad_clip: float = 1.0
+    amp: str = "auto"  # auto (CUDA only: bf16 if supported, else fp16) | off | bf16 | fp16
+    log_every: int = 10
+    eval_every_epoch: int = 1
+    checkpoint_dir: str = ""  # relative to the run directory; "" = the run directory
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # ModelConfig fields except (optionally) vocab_size, which the tokenizer decides.
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": dict(self.model), "data": asdict(self.data), "train": asdict(self.train)}
+
+
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a TOML config, then apply dotted ``section.key=value`` overrides."""
+    with Path(path).open("rb") as f:
+        raw = tomllib.load(f)
+    return apply_overrides(config_from_dict(raw), overrides)
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """Type-checked config; an unknown section or key is an error that names it."""
+    unknown = sorted(set(raw) - {"model", "data", "train"})
+    if unknown:
+        raise ValueError(f"unknown config sections: {unknown}")
+    model = _check_model_section(dict(raw.get("model", {})))
+    data = _section(DataConfig, "data", raw.get("data", {}))
+    opt = _section(OptimConfig, "train", raw.get("train", {}))
+    config = TrainConfig(model, data, opt)
+    _validate(config)
+    return config
+
+
+def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """``train.epochs=1``, ``data.train_seeds=[0, 64]``: values are TOML, else strings."""
+    raw = config.to_dict()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or parts[0] not in raw:
+            raise ValueError(f"bad override {item!r}: expected section.key=value with section "
+                             f"in {sorted(raw)}")
+        section, name = parts
+        if section != "model" and name not in raw[section]:
+            raise ValueError(f"unknown config key {key.strip()!r}")
+        raw[section][name] = _parse_value(text.strip())
+    return config_from_dict(raw)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _section(cls: type[Any], name: str, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config keys: {[f'{name}.{k}' for k in unknown]}")
+    return cls(**{k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()})
+
+
+def _check_model_section(values: dict[str, Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(ModelConfig)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(f"unknown config keys: {[f'model.{k}' for k in unknown]}")
+    checked = {k: _coerce(f"model.{k}", v, hints[k]) for k, v in values.items()}
+    ModelConfig(**{"vocab_size": 8, **checked})  # shape checks now, not after an hour
+    return checked
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` (ints widen to float, lists become tuples), or an error."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"config key {key!r} must be a list, got {value!r}")
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        if not variadic and len(value) != len(args):
+            raise TypeError(f"config key {key!r} must have {len(args)} items, got {value!r}")
+        kinds = [args[0]] * len(value) if variadic else list(args)
+        return tuple(_coerce(key, v, k) for v, k in zip(value, kinds, strict=True))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise TypeError(f"config key {key!r} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _validate(config: TrainConfig) -> None:
+    d, t = config.data, config.train
+    if d.dataset != "phantoms":
+        raise ValueError(f"data.dataset {d.dataset!r} is not supported; use 'phantoms'")
+    if t.amp not in AMP_CHOICES:
+        raise ValueError(f"train.amp {t.amp!r} must be one of {AMP_CHOICES}")
+    positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size,
+                "data.train_seeds count": d.train_seeds[1],
+                "data.validate_seeds count": d.validate_seeds[1],
+                "data.tokenizer_corpus": d.tokenizer_corpus}
+    bad = [name for name, value in positive.items() if value < 1]
+    if bad:
+        raise ValueError(f"must be at least 1: {bad}")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise ValueError(f"train.min_lr_ratio {t.min_lr_ratio} must be a fraction of lr in [0, 1]")
+
+
+def config_to_toml(config: TrainConfig) -> str:
+    """The resolved config as TOML that ``load_config`` reads back identically."""
+    lines: list[str] = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+# --- schedule, precision, one step ----------------------------------------------------
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warmup to 1 over ``warmup_steps``, then cosine down to ``min_ratio`` at the end."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                   min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        return lr_factor(step, warmup_steps, total_steps, min_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for full float32. ``auto`` turns AMP on for CUDA only."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: Example, device: torch.device) -> Example:
+    """Cached float16 tensors go back to float32: the model and its losses run in fp32."""
+    return {k: (v.float() if v.dtype == torch.float16 else v).to(device, non_blocking=True)
+            for k, v in batch.items()}
+
+
+def train_step(model: RadReportModel, batch: Example, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, grad_clip: float,
+               amp_dtype: torch.dtype | None) -> tuple[dict[str, float], float]:
+    """One optimizer step; returns the loss parts and the gradient norm before clipping."""
+    device = next(model.parameters()).device
+    with autocast(device, amp_dtype):
+        out = model(**batch)
+    assert out.loss is not None
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out.loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return _parts(out.loss, out.loss_parts), float(norm)
+
+
+def _parts(loss: Tensor, parts: dict[str, Tensor]) -> dict[str, float]:
+    return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+
+
+@torch.no_grad()
+def evaluate(model: RadReportModel, loader: Iterable[Example], device: torch.device,
+             amp_dtype: torch.dtype | None) -> dict[str, float]:
+    """Mean loss parts over a loader, weighted by batch size."""
+    model.eval()
+    sums = dict.fromkeys(PARTS, 0.0)
+    count = 0
+    for batch in loader:
+        with autocast(device, amp_dtype):
+            out = model(**to_device(batch, device))
+        assert out.loss is not None
+        n = batch["images"].size(0)
+        for k, v in _parts(out.loss, out.loss_parts).items():
+            sums[k] += v * n
+        count += n
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+# --- data -----------------------------------------------------------------------------
+
+
+class CachedDataset(Dataset[Example]):
+    """Every item of a dataset, rendered once and kept in memory as stacked tensors."""
+
+    def __init__(self, dataset: Dataset[Example], num_workers: int = 0, batch_size: int = 32,
+                 progress: bool = False, desc: str = "cache") -> None:
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        chunks: dict[str, list[Tensor]] = {}
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            for k, v in batch.items():
+                chunks.setdefault(k, []).append(v.half() if v.is_floating_point() else v)
+        self.tensors = {k: torch.cat(v) for k, v in chunks.items()}
+
+    def __len__(self) -> int:
+        return int(next(iter(self.tensors.values())).size(0))
+
+    def __getitem__(self, index: int) -> Example:
+        return {k: v[index] for k, v in self.tensors.items()}
+
+
+def build_tokenizer(config: TrainConfig) -> ReportTokenizer:
+    """Vocabulary from train-split reports only; report text does not depend on size."""
+    first, count = config.data.train_seeds
+    n = min(count, config.data.tokenizer_corpus)
+    return ReportTokenizer.train(phantom_report_texts(range(first, first + n), size=256))
+
+
+def build_dataset(seeds: tuple[int, int], tokenizer: ReportTokenizer, model_config: ModelConfig,
+                  config: TrainConfig, progress: bool, desc: str) -> Dataset[Example]:
+    first, count = seeds
+    data = config.data
+    dataset = PhantomReportDataset(range(first, first + count), tokenizer, model_config,
+                                   data.study_size)
+    if not data.cache:
+        return dataset
+    return CachedDataset(dataset, data.num_workers, progress=progress, desc=desc)
+
+
+def make_loader(dataset: Dataset[Example], config: TrainConfig, shuffle_seed: int | None,
+                ) -> DataLoader[Example]:
+    """Shuffled by a generator of its own, so the order does not depend on RNG history."""
+    generator = None
+    if shuffle_seed is not None:
+        generator = torch.Generator().manual_seed(shuffle_seed)
+    workers = 0 if config.data.cache else config.data.num_workers
+    return DataLoader(dataset, batch_size=config.train.batch_size,
+                      shuffle=shuffle_seed is not None, generator=generator,
+                      num_workers=workers)
+
+
+# --- checkpoints and logs -------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_val: float = math.inf
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model: RadReportModel, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    scaler: torch.amp.GradScaler, state: RunState, config: TrainConfig) -> None:
+    """Write to a temporary file first, so a crash never leaves a torn ``last.pt``."""
+    payload = model.checkpoint(
+        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+        scaler=scaler.state_dict(), epoch=state.epoch, step=state.step,
+        best_val=state.best_val, rng=rng_state(), train_config=config.to_dict(),
+    )
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+class MetricsLog:
+    """Appends one row per epoch to ``metrics.csv``, and to TensorBoard when installed."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / METRICS_FILE
+        self.writer: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            pass
+        else:
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def write(self, row: dict[str, float]) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        if self.writer is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "step") and math.isfinite(v):
+                    self.writer.add_scalar(k.replace("_", "/", 1), v, int(row["epoch"]))
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --- the loop -------------------------------------------------------------------------
+
+
+@dataclass
+class Trainer:
+    config: TrainConfig
+    model: RadReportModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    train_set: Dataset[Example]
+    val_set: Dataset[Example]
+    state: RunState = field(default_factory=RunState)
+
+    def run_epoch(self, progress: bool) -> dict[str, float]:
+        """One pass over the shuffled train set; returns mean loss parts."""
+        t = self.config.train
+        self.model.train()
+        loader = make_loader(self.train_set, self.config, shuffle_seed=t.seed * 1_000_003
+                             + self.state.epoch)
+        sums, n = dict.fromkeys(PARTS, 0.0), 0
+        bar = tqdm(loader, desc=f"epoch {self.state.epoch + 1}/{t.epochs}",
+                   disable=not progress, leave=False)
+        for batch in bar:
+            parts, _ = train_step(self.model, to_device(batch, self.device), self.optimizer,
+                                  self.scaler, t.grad_clip, self.amp_dtype)
+            self.scheduler.step()
+            self.state.step += 1
+            for k in PARTS:
+                sums[k] += parts[k]
+            n += 1
+            if self.state.step % max(1, t.log_every) == 0:
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{self._lr():.2e}")
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def train(config: TrainConfig, out_dir: Path, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> Path:
+    """Train (or resume) into ``out_dir``; returns the path of ``best.pt``.
+
+    ``stop_after`` ends this call after that many epochs in total without changing the
+    schedule, as a time-limited job would; a later ``resume=True`` carries on.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / config.train.checkpoint_dir
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CONFIG_FILE).write_text(config_to_toml(config))
+    torch.manual_seed(config.train.seed)
+    tokenizer = _tokenizer(config, out_dir, resume)
+    trainer = _build(config, tokenizer, progress)
+    if resume:
+        _resume(trainer, ckpt_dir / LAST)
+    last_epoch = config.train.epochs if stop_after is None else min(stop_after,
+                                                                    config.train.epochs)
+    log = MetricsLog(out_dir)
+    try:
+        while trainer.state.epoch < last_epoch:
+            _epoch(trainer, ckpt_dir, log, progress)
+    finally:
+        log.close()
+    return ckpt_dir / BEST
+
+
+def _tokenizer(config: TrainConfig, out_dir: Path, resume: bool) -> ReportTokenizer:
+    path = out_dir / TOKENIZER_FILE
+    if resume and path.exists():
+        return ReportTokenizer.load(path)
+    tokenizer = build_tokenizer(config)
+    tokenizer.save(path)
+    return tokenizer
+
+
+def model_config_for(config: TrainConfig, tokenizer: ReportTokenizer) -> ModelConfig:
+    values = {"vocab_size": tokenizer.vocab_size, **config.model}
+    return ModelConfig(**values)
+
+
+def _build(config: TrainConfig, tokenizer: ReportTokenizer, progress: bool) -> Trainer:
+    t = config.train
+    model_config = model_config_for(config, tokenizer)
+    device = resolve_device(t.device)
+    model = RadReportModel(model_config).to(device)
+    train_set = build_dataset(config.data.train_seeds, tokenizer, model_config, config,
+                              progress, "render train")
+    val_set = build_dataset(config.data.validate_seeds, tokenizer, model_config, config,
+                            progress, "render validate")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    total = t.epochs * math.ceil(len(typing.cast(Any, train_set)) / t.batch_size)
+    scheduler = make_scheduler(optimizer, t.warmup_steps, total, t.min_lr_ratio)
+    amp_dtype = resolve_amp(t.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return Trainer(config, model, optimizer, scheduler, scaler, device, amp_dtype,
+                   train_set, val_set)
+
+
+def _resume(trainer: Trainer, path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"cannot resume: {path} does not exist")
+    ckpt = torch.load(path, map_location=trainer.device, weights_only=True)
+    saved = ModelConfig.from_dict(ckpt["config"])
+    if saved != trainer.model.config:
+        raise ValueError(f"{path} was trained with a different model config: {saved}")
+    trainer.model.load_state_dict(ckpt["state_dict"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    trainer.scaler.load_state_dict(ckpt["scaler"])
+    trainer.state = RunState(ckpt["epoch"], ckpt["step"], ckpt["best_val"])
+    set_rng_state({k: _cpu(v) for k, v in ckpt["rng"].items()})
+
+
+def _cpu(value: Any) -> Any:
+    if isinstance(value, list):
+        return [v.cpu() for v in value]
+    return value.cpu()
+
+
+def _epoch(trainer: Trainer, ckpt_dir: Path, log: MetricsLog, progress: bool) -> None:
+    """Train, validate, checkpoint, log: the order keeps ``last.pt`` ahead of the CSV."""
+    start = time.perf_counter()
+    lr = trainer._lr()
+    train_parts = trainer.run_epoch(progress)
+    trainer.state.epoch += 1
+    row: dict[str, float] = {"epoch": trainer.state.epoch, "step": trainer.state.step, "lr": lr}
+    row.update({f"train_{k}": v for k, v in train_parts.items()})
+    every = max(1, trainer.config.train.eval_every_epoch)
+    final = trainer.state.epoch == trainer.config.train.epochs
+    if trainer.state.epoch % every == 0 or final:
+        loader = make_loader(trainer.val_set, trainer.config, shuffle_seed=None)
+        val = evaluate(trainer.model, loader, trainer.device, trainer.amp_dtype)
+        row.update({f"val_{k}": v for k, v in val.items()})
+        _save_best(trainer, ckpt_dir, val["loss"])
+    _save(trainer, ckpt_dir / LAST)
+    row["seconds"] = time.perf_counter() - start
+    log.write(row)
+    if progress:
+        tqdm.write(_summary(row))
+
+
+def _save_best(trainer: Trainer, ckpt_dir: Path, val_loss: float) -> None:
+    if val_loss < trainer.state.best_val:
+        trainer.state.best_val = val_loss
+        _save(trainer, ckpt_dir / BEST)
+
+
+def _save(trainer: Trainer, path: Path) -> None:
+    save_checkpoint(path, trainer.model, trainer.optimizer, trainer.scheduler, trainer.scaler,
+                    trainer.state, trainer.config)
+
+
+def _summary(row: dict[str, float]) -> str:
+    text = f"epoch {int(row['epoch'])} step {int(row['step'])} train {row['train_loss']:.4f}"
+    if "val_loss" in row:
+        text += f" val {row['val_loss']:.4f}"
+    return text + f" ({row['seconds']:.0f} s)"
+
+
+__all__ = [
+    "DataConfig", "OptimConfig", "TrainConfig", "apply_overrides", "config_from_dict",
+    "config_to_toml", "load_config", "lr_factor", "train", "train_step",
+]
