@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), original image pixels
+from radreport.data.phantoms.study import Box  # x0, y0, x1, y1 (exclusive), image pixels
+
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())

@@ -93,12 +93,6 @@ def polygon_mask(size: int, points: Points) -> np.ndarray:
     return np.asarray(image) > 127
 
 
-def line_mask(size: int, points: Points, width: float) -> np.ndarray:
-    layer = Layer(size)
-    layer.line(points, width)
-    return layer.mask()
-
-
 def disk_mask(size: int, cx: float, cy: float, radius: float) -> np.ndarray:
     layer = Layer(size)
     layer.ellipse(cx, cy, radius, radius)

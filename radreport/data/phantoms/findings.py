@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from radreport.data.phantoms.anatomy import Anatomy, AnatomyRender, lung_outline
+from radreport.data.phantoms.anatomy import Anatomy, AnatomyRender, lung_outline, rib_paths
 from radreport.data.phantoms.canvas import Layer, Points, disk_mask, polygon_mask, soften
 from radreport.data.phantoms.study import Finding, Side, mask_box
 
@@ -335,8 +335,6 @@ def render_lesion(c: FindingCanvas) -> None:
 
 
 def render_rib_fracture(c: FindingCanvas, side: str) -> None:
-    from radreport.data.phantoms.anatomy import rib_paths
-
     k = int(c.rng.integers(3, 9))
     posterior, _ = rib_paths(c.a, side)[k]
     i = int(c.rng.integers(9, 15))

@@ -237,15 +237,14 @@ def _negative_drafts(rng: np.random.Generator, present: set[str]) -> list[Draft]
 
 def _merge_effusion_pneumothorax(drafts: list[Draft], rng: np.random.Generator) -> list[Draft]:
     """Say "No pleural effusion or pneumothorax." as radiologists do, most of the time."""
-    texts = {d.text: d for d in drafts}
     eff = next((d for d in drafts if d.mentions == {"Pleural Effusion": NEGATIVE}), None)
     ptx = next((d for d in drafts if d.mentions == {"Pneumothorax": NEGATIVE}), None)
     if eff is None or ptx is None or rng.random() < 0.3:
         return drafts
     merged = Draft("No pleural effusion or pneumothorax.", "findings", (), "lungs",
                    {"Pleural Effusion": NEGATIVE, "Pneumothorax": NEGATIVE})
-    out = [d for d in drafts if d.text not in (eff.text, ptx.text)]
-    out.insert(list(texts).index(eff.text), merged)
+    out = [d for d in drafts if d is not eff and d is not ptx]
+    out.insert(drafts.index(eff), merged)  # the effusion negative comes first (NEGATIVES order)
     return out
 
 
