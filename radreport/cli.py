@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -95,25 +95,112 @@ def train(
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by 'radreport train'.")],
-    out: Annotated[Path, typer.Option(help="Folder for encoder.onnx and decoder_step.onnx.")],
+    out: Annotated[Path, typer.Option(help="Model folder to write: ONNX graphs, tokenizer, "
+                                      "model.json.")],
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="tokenizer.json of the run; default: the one beside the checkpoint.")] = None,
+    name: Annotated[str, typer.Option(help="Model name recorded in model.json.")
+                    ] = "radreport-phantom",
+    version: Annotated[str, typer.Option(help="Model version recorded in model.json.")
+                       ] = "0.0.0-dev",
     int8: Annotated[bool, typer.Option(help="Also write INT8 (dynamic quantization).")] = False,
     fp16: Annotated[bool, typer.Option(help="Also write FP16 (float32 at the boundary).")] = False,
     opset: Annotated[int, typer.Option(min=17)] = 17,
 ) -> None:
-    """Export a checkpoint to the two ONNX graphs Triton serves (needs torch)."""
+    """Export a checkpoint to a model folder: the two ONNX graphs Triton serves (needs torch)."""
     import torch
 
-    from radreport.model.export import convert_fp16, export_onnx, quantize_int8
-    from radreport.model.model import RadReportModel
+    from radreport.model.export import write_model_folder
 
-    model = RadReportModel.from_checkpoint(torch.load(checkpoint, map_location="cpu",
-                                                      weights_only=True)).eval()
-    paths = list(export_onnx(model, out, opset=opset))
-    for wanted, suffix, convert in ((int8, "int8", quantize_int8), (fp16, "fp16", convert_fp16)):
-        if wanted:
-            paths += [convert(p, p.with_name(f"{p.stem}.{suffix}.onnx")) for p in paths[:2]]
-    for path in paths:
+    tokenizer_path = tokenizer or checkpoint.parent / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise typer.BadParameter(f"{tokenizer_path} not found", param_hint="--tokenizer")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    variants = [v for v, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
+    for path in write_model_folder(state, tokenizer_path, out, name, version, opset, variants):
         typer.echo(f"wrote {path}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path | None, typer.Option(
+        help="Model folder (ONNX graphs, tokenizer, model.json); default: the shipped model.")
+    ] = None,
+    ablation: Annotated[Path | None, typer.Option(
+        help="Baseline (b): the same model trained without grounding and entropy losses.")
+    ] = None,
+    variant: Annotated[list[str] | None, typer.Option(
+        help="Also evaluate these precision variants of --model: int8, fp16 (repeatable).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Benchmark split.")] = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N studies.")] = None,
+    resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 1000,
+    workers: Annotated[int, typer.Option(min=1, help="Processes rendering studies.")
+                       ] = os.cpu_count() or 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write results here.")
+                        ] = None,
+) -> None:
+    """Score the model and the baselines on the benchmark split; print one table (95% CIs)."""
+    from radreport.eval.evaluate import (
+        SystemRun,
+        render_cases,
+        run_model,
+        score,
+        split_seeds,
+        template_system,
+    )
+    from radreport.eval.metrics import format_table
+    from radreport.model.report import DEFAULT_MODEL_DIR, VARIANTS, Variant
+
+    model_dir = model or DEFAULT_MODEL_DIR
+    variants = variant or []
+    unknown = [v for v in variants if v not in VARIANTS[1:]]
+    if unknown:
+        raise typer.BadParameter(f"unknown variant(s) {unknown}; choose int8 or fp16",
+                                 param_hint="--variant")
+    try:
+        seeds = split_seeds(split, limit)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--split") from err
+    typer.echo(f"rendering {len(seeds)} {split} studies ...", err=True)
+    cases = render_cases(seeds, workers)
+    main_run = run_model("grounded model (ours)", model_dir, cases)
+    runs: list[SystemRun] = [main_run]
+    runs += [run_model(f"ours, {v}", model_dir, cases, cast(Variant, v)) for v in variants]
+    if ablation is not None:
+        runs.append(run_model("(b) no grounding/entropy loss", ablation, cases))
+    runs.append(template_system(main_run))
+    result = score(runs, cases, resamples)
+    typer.echo(format_table(result.rows))
+    typer.echo(f"\n{result.studies} studies of the {split} split; point estimate "
+               f"[95% bootstrap interval, {resamples} resamples].")
+    for name, count in result.grounded_sentences.items():
+        ms = 1000 * result.seconds[name] / result.studies
+        typer.echo(f"{name}: {count} grounded sentences scored; {ms:.1f} ms/report "
+                   "(greedy, batch 32)")
+    if json_out is not None:
+        import json
+
+        payload = {"split": split, "studies": result.studies, "resamples": resamples,
+                   "rows": result.rows, "grounded_sentences": result.grounded_sentences,
+                   "seconds": result.seconds}
+        json_out.write_text(json.dumps(payload, indent=1))
+
+
+@bench_app.command("model")
+def bench_model(
+    model: Annotated[Path | None, typer.Option(
+        help="Model folder; default: the shipped model.")] = None,
+    repeats: Annotated[int, typer.Option(min=1)] = 20,
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads.")] = None,
+) -> None:
+    """Time one report end to end per precision variant (goal: well under 1 s on 2 cores)."""
+    from radreport.bench.model import run
+    from radreport.model.report import DEFAULT_MODEL_DIR
+
+    for line in run(model or DEFAULT_MODEL_DIR, repeats=repeats,
+                    threads=threads):
+        typer.echo(line)
 
 
 @bench_app.command("phantoms")

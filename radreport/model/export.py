@@ -27,8 +27,11 @@ the ``max_len`` stored in the graph metadata along with bos/eos/pad ids.
 
 from __future__ import annotations
 
+import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -167,3 +170,31 @@ def convert_fp16(src: str | Path, dst: str | Path) -> Path:
     proto = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(proto, str(dst))
     return Path(dst)
+
+
+def write_model_folder(checkpoint: dict[str, Any], tokenizer_path: str | Path,
+                       out_dir: str | Path, name: str, version: str, opset: int = MIN_OPSET,
+                       variants: Sequence[str] = ()) -> list[Path]:
+    """A complete model folder (graphs, variants, tokenizer, ``model.json``) from a checkpoint.
+
+    ``model.json`` also records where the weights came from (epoch, step, validation loss,
+    the resolved training config), so a served report can be traced to its training run.
+    """
+    from radreport.model.report import MODEL_INFO_FILE, TOKENIZER_FILE, ModelInfo
+
+    out = Path(out_dir)
+    model = RadReportModel.from_checkpoint(checkpoint).eval()
+    paths = list(export_onnx(model, out, opset=opset))
+    converters = {"int8": quantize_int8, "fp16": convert_fp16}
+    for variant in variants:
+        convert = converters[variant]
+        paths += [convert(p, p.with_name(f"{p.stem}.{variant}.onnx")) for p in paths[:2]]
+    shutil.copyfile(tokenizer_path, out / TOKENIZER_FILE)
+    provenance: dict[str, Any] = {
+        key: checkpoint[key] for key in ("epoch", "step", "best_val", "train_config")
+        if key in checkpoint}
+    info = ModelInfo(name, version, model.config.image_size,
+                     extra={"model_config": model.config.to_dict(),
+                            "parameters": model.num_params(), **provenance})
+    info.save(out / MODEL_INFO_FILE)
+    return [*paths, out / TOKENIZER_FILE, out / MODEL_INFO_FILE]

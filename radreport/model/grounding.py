@@ -46,20 +46,61 @@ def token_weight(token: str) -> float:
     return CONTENT_WEIGHT
 
 
-def sentence_spans(tokens: Sequence[str]) -> list[tuple[int, int]]:
-    """[start, end) token spans, each ending with its full stop; a trailing fragment counts."""
-    spans: list[tuple[int, int]] = []
-    start = 0
-    for i, token in enumerate(tokens):
-        if token == ".":
-            spans.append((start, i + 1))
-            start = i + 1
-    if start < len(tokens):
-        spans.append((start, len(tokens)))
+SECTION_HEADERS: frozenset[str] = frozenset({"findings", "impression"})
+
+
+@dataclass(frozen=True)
+class SentenceSpan:
+    """Tokens ``[start, end)`` of one sentence, and the report section it belongs to."""
+
+    section: str
+    start: int
+    end: int
+
+
+def report_spans(tokens: Sequence[str], section: str = "findings") -> list[SentenceSpan]:
+    """The sentences of a generated report, each ending with its full stop.
+
+    Section headers ("IMPRESSION", ":") and line breaks belong to no sentence and switch the
+    section; a point between two digits ("3.9 cm") is a decimal point, not a full stop; a
+    trailing fragment without a full stop is still a sentence.
+    """
+    spans: list[SentenceSpan] = []
+    start: int | None = None
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        header = token.lower() in SECTION_HEADERS and tokens[i + 1 : i + 2] == [":"]
+        if header or token.startswith("\n"):
+            if start is not None:
+                spans.append(SentenceSpan(section, start, i))
+                start = None
+            if header:
+                section = token.lower()
+            i += 2 if header else 1
+            continue
+        if start is None:
+            start = i
+        if token == "." and not _is_decimal_point(tokens, i):
+            spans.append(SentenceSpan(section, start, i + 1))
+            start = None
+        i += 1
+    if start is not None:
+        spans.append(SentenceSpan(section, start, len(tokens)))
     return spans
 
 
-def sentence_maps(tokens: Sequence[str], attention: np.ndarray) -> list[np.ndarray]:
+def _is_decimal_point(tokens: Sequence[str], i: int) -> bool:
+    return 0 < i < len(tokens) - 1 and tokens[i - 1].isdigit() and tokens[i + 1].isdigit()
+
+
+def sentence_spans(tokens: Sequence[str]) -> list[tuple[int, int]]:
+    """[start, end) token spans of ``report_spans``, without their sections."""
+    return [(span.start, span.end) for span in report_spans(tokens)]
+
+
+def sentence_maps(tokens: Sequence[str], attention: np.ndarray,
+                  spans: Sequence[tuple[int, int]] | None = None) -> list[np.ndarray]:
     """One (grid, grid) map per sentence from (T, N) attention over N = grid**2 patches."""
     if attention.ndim != 2 or attention.shape[0] != len(tokens):
         raise ValueError(f"attention of shape {attention.shape} does not match "
@@ -69,7 +110,7 @@ def sentence_maps(tokens: Sequence[str], attention: np.ndarray) -> list[np.ndarr
         raise ValueError(f"{attention.shape[1]} patches do not form a square grid")
     weights = np.array([token_weight(t) for t in tokens], dtype=np.float64)
     maps = []
-    for start, end in sentence_spans(tokens):
+    for start, end in sentence_spans(tokens) if spans is None else spans:
         w = weights[start:end]
         combined = (w[:, None] * attention[start:end]).sum(axis=0) / w.sum()
         maps.append(combined.reshape(grid, grid).astype(np.float32))

@@ -67,10 +67,15 @@ class OnnxReportModel:
 
         ``max_len`` caps generated tokens and is itself capped by the model's positions.
         """
+        return self.greedy_from_memory(self.encode(images).memory_kv, bos_id, eos_id, max_len)
+
+    def greedy_from_memory(self, memory_kv: np.ndarray, bos_id: int | None = None,
+                           eos_id: int | None = None, max_len: int | None = None,
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """``greedy`` after the encoder, for callers that also want its label outputs."""
         bos = self.bos_id if bos_id is None else bos_id
         eos = self.eos_id if eos_id is None else eos_id
         limit = self.max_len if max_len is None else min(max_len, self.max_len)
-        memory_kv = self.encode(images).memory_kv
         batch = memory_kv.shape[2]
         inputs = np.full((batch, 1), bos, dtype=np.int64)
         past = self.empty_past(batch)

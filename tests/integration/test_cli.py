@@ -60,7 +60,30 @@ def test_train_then_export_tiny_model(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in (tmp_path / "onnx").iterdir())
     assert names == ["decoder_step.int8.onnx", "decoder_step.onnx", "encoder.int8.onnx",
-                     "encoder.onnx"]
+                     "encoder.onnx", "model.json", "tokenizer.json"]
+    info = json.loads((tmp_path / "onnx" / "model.json").read_text())
+    assert info["name"] == "radreport-phantom" and info["image_size"] == 64
+    assert info["epoch"] == 1 and info["model_config"]["enc_depth"] == 1
+
+    # The exported folder is a complete model: evaluate it with both baselines' rows.
+    done = radreport("evaluate", "--model", str(tmp_path / "onnx"), "--variant", "int8",
+                     "--ablation", str(tmp_path / "onnx"), "--limit", "6", "--resamples", "20",
+                     "--workers", "1", "--json", str(tmp_path / "eval.json"))
+    assert done.returncode == 0, done.stderr
+    header = done.stdout.splitlines()[0].split()
+    assert header[:2] == ["metric", "grounded"]
+    for metric in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "Clinical F1 (micro)",
+                   "Critical sensitivity", "Grounding IoU", "Pointing game"):
+        assert metric in done.stdout
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["studies"] == 6
+    assert list(result["rows"]) == ["grounded model (ours)", "ours, int8",
+                                    "(b) no grounding/entropy loss",
+                                    "(a) template from label head"]
+    assert "Grounding IoU" not in result["rows"]["(a) template from label head"]
+    # the ablation folder is the same model here, so its scores must equal ours exactly
+    assert result["rows"]["(b) no grounding/entropy loss"] == result["rows"][
+        "grounded model (ours)"]
 
 
 def test_train_rejects_an_unknown_setting(tmp_path: Path) -> None:

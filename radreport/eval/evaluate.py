@@ -1,0 +1,137 @@
+"""``radreport evaluate``: every system of the model card on the benchmark test split.
+
+Systems are model folders run through ``ReportGenerator`` (the code that serves reports,
+greedy decoding over ONNX), plus baseline (a), template filling from the first model's
+label head. Test studies are rendered from their seeds at the benchmark resolution; only
+what scoring needs is kept (image, reference text, labels, positive sentences' regions).
+
+Grounding is scored per generated sentence that states a finding the study really has:
+the sentence is paired with the reference sentence stating the same finding(s) (largest
+label overlap, same section first), and its map is compared with that sentence's region.
+Pertinent negatives are not scored (their "region" is an organ, where nothing is seen),
+nor are invented findings (clinical F1 already counts them as false positives).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from radreport.data.benchmark import BENCHMARK_SIZE_PX, benchmark_split
+from radreport.data.labels import CHEXPERT_LABELS, POSITIVE, with_parents
+from radreport.data.phantoms.generator import generate_study
+from radreport.eval.baselines import template_report
+from radreport.eval.labeler import label_sentence
+from radreport.eval.metrics import GroundedSentence, Interval, evaluate_reports
+from radreport.model.report import DraftReport, ReportGenerator, Variant
+
+
+@dataclass
+class ReferenceSentence:
+    section: str
+    labels: frozenset[str]  # positive CheXpert labels it states, parents closed
+    mask: np.ndarray  # bool (H, W)
+
+
+@dataclass
+class TestCase:
+    study_id: str
+    image: np.ndarray  # float32 (H, W) in [0, 1]
+    report: str
+    labels: list[int]  # 14 ground-truth values, CHEXPERT_LABELS order
+    positives: list[ReferenceSentence] = field(default_factory=list)
+
+
+def render_case(seed: int, size: int = BENCHMARK_SIZE_PX) -> TestCase:
+    study = generate_study(seed, size)
+    positives = [
+        ReferenceSentence(s.section, frozenset(with_parents(
+            {k for k, v in s.mentions.items() if v == POSITIVE})), s.mask)
+        for s in study.sentences if s.is_positive
+    ]
+    return TestCase(study.study_id, study.image, study.report_text,
+                    [int(study.labels[name] == POSITIVE) for name in CHEXPERT_LABELS],
+                    positives)
+
+
+def render_cases(seeds: Sequence[int], workers: int = 1) -> list[TestCase]:
+    if workers <= 1:
+        return [render_case(seed) for seed in seeds]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(render_case, seeds, chunksize=16))
+
+
+def split_seeds(split: str = "test", limit: int | None = None) -> range:
+    seeds = benchmark_split(split).seeds
+    return seeds if limit is None else seeds[:limit]
+
+
+def stated_findings(text: str) -> frozenset[str]:
+    """Positive or uncertain labels a sentence states, parents closed (no "No Finding")."""
+    labels = {k for k, v in label_sentence(text).items() if v != 0 and k != "No Finding"}
+    return frozenset(with_parents(labels))
+
+
+def pair_sentences(draft: DraftReport, case: TestCase) -> list[GroundedSentence]:
+    """(heatmap, true region) for each generated sentence about a finding the study has."""
+    pairs: list[GroundedSentence] = []
+    for sentence in draft.sentences:
+        stated = stated_findings(sentence.text)
+        if not stated:
+            continue
+        best = max(case.positives, default=None, key=lambda ref: (
+            len(stated & ref.labels) / len(stated | ref.labels), ref.section == sentence.section))
+        if best is not None and stated & best.labels:
+            pairs.append((sentence.heatmap, best.mask))
+    return pairs
+
+
+@dataclass
+class SystemRun:
+    name: str
+    hypotheses: list[str]
+    grounding: list[list[GroundedSentence]] | None
+    seconds: float
+    drafts: list[DraftReport] = field(default_factory=list)
+
+
+def run_model(name: str, model_dir: Path, cases: Sequence[TestCase], variant: Variant = "fp32",
+              batch_size: int = 32) -> SystemRun:
+    generator = ReportGenerator(model_dir, variant)
+    start = time.perf_counter()
+    drafts: list[DraftReport] = []
+    for i in range(0, len(cases), batch_size):
+        drafts += generator.generate([c.image for c in cases[i : i + batch_size]])
+    seconds = time.perf_counter() - start
+    grounding = [pair_sentences(d, c) for d, c in zip(drafts, cases, strict=True)]
+    return SystemRun(name, [d.text for d in drafts], grounding, seconds, drafts)
+
+
+def template_system(source: SystemRun, threshold: float = 0.5) -> SystemRun:
+    """Baseline (a) from the label probabilities ``source``'s encoder produced."""
+    hypotheses = [template_report(d.label_probs, threshold) for d in source.drafts]
+    return SystemRun("(a) template from label head", hypotheses, None, 0.0)
+
+
+@dataclass
+class Evaluation:
+    rows: dict[str, dict[str, Interval]]
+    grounded_sentences: dict[str, int]
+    seconds: dict[str, float]
+    studies: int
+
+
+def score(runs: Sequence[SystemRun], cases: Sequence[TestCase], resamples: int = 1000,
+          seed: int = 0) -> Evaluation:
+    references = [c.report for c in cases]
+    labels = np.array([c.labels for c in cases])
+    rows = {run.name: evaluate_reports(references, run.hypotheses, labels,
+                                       grounding=run.grounding, resamples=resamples, seed=seed)
+            for run in runs}
+    counts = {run.name: sum(len(g) for g in run.grounding) for run in runs if run.grounding}
+    return Evaluation(rows, counts, {run.name: run.seconds for run in runs}, len(cases))

@@ -1,0 +1,176 @@
+"""A shipped model folder, run without torch: radiograph in, grounded draft report out.
+
+A model folder holds ``encoder.onnx`` and ``decoder_step.onnx`` (with optional ``.int8`` /
+``.fp16`` variants), ``tokenizer.json`` and ``model.json`` (name, version, input size,
+labels). ``ReportGenerator`` is what evaluation and the serving backend both run, so the
+figures in the model card are figures of the code that serves reports: preprocessing to
+the model's square input (aspect kept, padded), greedy decoding over the ONNX graphs, the
+report split into sections and sentences, and one grounding map and box list per sentence
+in the original image's pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from radreport.data.labels import CHEXPERT_LABELS
+from radreport.data.phantoms.study import Box
+from radreport.model.grounding import Letterbox, map_boxes, report_spans, sentence_maps
+from radreport.model.onnx_runtime import OnnxReportModel
+from radreport.model.tokenizer import ReportTokenizer, detokenize
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
+MODEL_INFO_FILE, TOKENIZER_FILE = "model.json", "tokenizer.json"
+Variant = Literal["fp32", "int8", "fp16"]
+VARIANTS: tuple[Variant, ...] = ("fp32", "int8", "fp16")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``model.json`` says of a model folder."""
+
+    name: str
+    version: str
+    image_size: int
+    labels: tuple[str, ...] = CHEXPERT_LABELS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_version(self) -> str:
+        """``name:version``: reports and idempotency keys name the model this way."""
+        return f"{self.name}:{self.version}"
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelInfo:
+        data = json.loads(Path(path).read_text())
+        known = {"name", "version", "image_size", "labels"}
+        return cls(str(data["name"]), str(data["version"]), int(data["image_size"]),
+                   tuple(data.get("labels", CHEXPERT_LABELS)),
+                   {k: v for k, v in data.items() if k not in known})
+
+    def save(self, path: str | Path) -> None:
+        data = {"name": self.name, "version": self.version, "image_size": self.image_size,
+                "labels": list(self.labels), **self.extra}
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def model_files(model_dir: str | Path, variant: Variant = "fp32") -> tuple[Path, Path]:
+    """Encoder and decoder-step graph paths of one precision variant."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown model variant {variant!r}; expected one of {VARIANTS}")
+    infix = "" if variant == "fp32" else f".{variant}"
+    folder = Path(model_dir)
+    return folder / f"encoder{infix}.onnx", folder / f"decoder_step{infix}.onnx"
+
+
+def to_model_input(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """(H, W) float image in [0, 1] -> (size, size) float32, aspect kept, zero padded.
+
+    Area (box) averaging, which equals the block mean the model was trained with when the
+    size divides evenly; the letterbox maps grounding boxes back to original pixels.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
+    height, width = image.shape
+    scale = size / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    pixels = np.ascontiguousarray(image, dtype=np.float32)
+    if (new_h, new_w) != (height, width):
+        resized = Image.fromarray(pixels, mode="F").resize((new_w, new_h), Image.Resampling.BOX)
+        pixels = np.asarray(resized, dtype=np.float32)
+    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
+    canvas = np.zeros((size, size), dtype=np.float32)
+    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = pixels
+    return canvas, Letterbox(size, new_w / width, pad_x, pad_y, (height, width))
+
+
+@dataclass
+class ReportSentence:
+    text: str
+    section: str  # "findings" | "impression"
+    heatmap: np.ndarray  # (grid, grid) float32, sums to 1 over the model input
+    boxes: list[Box]  # original image pixels, largest region first
+
+
+@dataclass
+class DraftReport:
+    findings: str
+    impression: str
+    sentences: list[ReportSentence]
+    label_probs: dict[str, float]
+    token_ids: list[int]  # generated ids up to, not including, EOS
+    letterbox: Letterbox
+    model_version: str
+
+    @property
+    def text(self) -> str:
+        return f"FINDINGS: {self.findings}\n\nIMPRESSION: {self.impression}"
+
+
+class ReportGenerator:
+    """One model folder loaded once; ``generate`` drafts reports for a batch of images."""
+
+    def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, variant: Variant = "fp32",
+                 threads: int | None = None) -> None:
+        folder = Path(model_dir)
+        self.info = ModelInfo.load(folder / MODEL_INFO_FILE)
+        self.tokenizer = ReportTokenizer.load(folder / TOKENIZER_FILE)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.onnx = OnnxReportModel(*model_files(folder, variant), options=options)
+        self.variant = variant
+
+    def generate(self, images: Sequence[np.ndarray], box_threshold: float = 0.5,
+                 ) -> list[DraftReport]:
+        """Greedy drafts for (H, W) images in [0, 1], any size; one batch through the graphs."""
+        prepared = [to_model_input(image, self.info.image_size) for image in images]
+        batch = np.stack([pixels for pixels, _ in prepared])[:, None]  # (B, 1, S, S)
+        encoded = self.onnx.encode(batch)
+        ids, maps = self.onnx.greedy_from_memory(encoded.memory_kv)
+        return [self._draft(ids[i], maps[i], encoded.label_probs[i], prepared[i][1],
+                            box_threshold)
+                for i in range(len(prepared))]
+
+    def _draft(self, ids: np.ndarray, maps: np.ndarray, probs: np.ndarray,
+               letterbox: Letterbox, box_threshold: float) -> DraftReport:
+        length = _length(ids, self.onnx.eos_id, self.onnx.pad_id)
+        token_ids = [int(i) for i in ids[:length]]
+        words = self.tokenizer.tokens(token_ids)
+        spans = report_spans(words)
+        heatmaps = sentence_maps(words, maps[:length], [(s.start, s.end) for s in spans])
+        sentences = [
+            ReportSentence(detokenize(words[s.start : s.end], self.tokenizer.truecase),
+                           s.section, heatmap, map_boxes(heatmap, letterbox, box_threshold))
+            for s, heatmap in zip(spans, heatmaps, strict=True)
+        ]
+        return DraftReport(
+            findings=_section_text(sentences, "findings"),
+            impression=_section_text(sentences, "impression"),
+            sentences=sentences,
+            label_probs={name: float(p) for name, p in zip(self.info.labels, probs,
+                                                           strict=True)},
+            token_ids=token_ids,
+            letterbox=letterbox,
+            model_version=self.info.model_version,
+        )
+
+
+def _length(ids: np.ndarray, eos_id: int, pad_id: int) -> int:
+    """Generated tokens before EOS (or before padding, for a report cut at max_len)."""
+    for i, token in enumerate(ids.tolist()):
+        if token in (eos_id, pad_id):
+            return i
+    return len(ids)
+
+
+def _section_text(sentences: Sequence[ReportSentence], section: str) -> str:
+    return " ".join(s.text for s in sentences if s.section == section)
