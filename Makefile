@@ -16,6 +16,9 @@ demo: setup
 	@echo
 	@head -n 1 $(DEMO_DIR)/phantoms/manifest.jsonl | $(PY) -c 'import json,sys; r=json.load(sys.stdin); print("Sample study", r["study_id"], "(" + r["view"] + ")"); print("FINDINGS:", r["findings_text"]); print("IMPRESSION:", r["impression_text"]); [print("  sentence:", s["text"], "-> box", s["box"], "(" + s["region"] + ")") for s in r["sentences"]]'
 	@echo
+	@echo "The shipped model's draft of the same study (boxes in image pixels):"
+	$(VENV)/bin/radreport draft $$(head -n 1 $(DEMO_DIR)/phantoms/manifest.jsonl | $(PY) -c 'import json,sys; print("$(DEMO_DIR)/phantoms/" + json.load(sys.stdin)["image"])')
+	@echo
 	@echo "Contact sheet: $(DEMO_DIR)/contact_sheet.png   studies, masks and DICOM: $(DEMO_DIR)/phantoms"
 
 test: setup

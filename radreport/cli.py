@@ -122,6 +122,34 @@ def export(
 
 
 @app.command()
+def draft(
+    image: Annotated[Path, typer.Argument(help="A grayscale PNG (8- or 16-bit), e.g. a phantom.")],
+    model: Annotated[Path | None, typer.Option(
+        help="Model folder; default: the shipped model.")] = None,
+) -> None:
+    """Draft a grounded report for one image with the model alone (no services, no torch)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from radreport.model.report import DEFAULT_MODEL_DIR, ReportGenerator
+
+    try:
+        with Image.open(image) as img:
+            pixels = np.asarray(img)
+    except (OSError, UnidentifiedImageError) as err:
+        raise typer.BadParameter(f"cannot read {image}: {err}", param_hint="IMAGE") from err
+    if pixels.ndim != 2 or pixels.dtype.kind not in "ui":
+        raise typer.BadParameter(f"{image} is not a grayscale 8- or 16-bit image",
+                                 param_hint="IMAGE")
+    scaled = pixels.astype(np.float32) / (255.0 if pixels.dtype == np.uint8 else 65535.0)
+    report = ReportGenerator(model or DEFAULT_MODEL_DIR).generate([scaled])[0]
+    typer.echo(f"model {report.model_version} (not for clinical use)")
+    typer.echo(report.text)
+    for sentence in report.sentences:
+        typer.echo(f"  [{sentence.section}] {sentence.text} -> boxes {sentence.boxes}")
+
+
+@app.command()
 def evaluate(
     model: Annotated[Path | None, typer.Option(
         help="Model folder (ONNX graphs, tokenizer, model.json); default: the shipped model.")

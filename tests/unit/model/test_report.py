@@ -1,0 +1,84 @@
+"""The torch-free report path: preprocessing, and the shipped default model end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from radreport.data.phantoms import generate_study
+from radreport.model.report import (
+    DEFAULT_MODEL_DIR,
+    VARIANTS,
+    ModelInfo,
+    ReportGenerator,
+    model_files,
+    to_model_input,
+)
+
+
+def test_square_input_is_the_block_mean_the_model_was_trained_on() -> None:
+    image = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+    pixels, letterbox = to_model_input(image, 256)
+    block_mean = image.reshape(256, 2, 256, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(pixels, block_mean, atol=1e-6)
+    assert (letterbox.scale, letterbox.pad_x, letterbox.pad_y) == (0.5, 0, 0)
+
+
+def test_wide_input_keeps_its_aspect_and_is_padded_with_zeros() -> None:
+    image = np.ones((1000, 2000), dtype=np.float32)
+    pixels, letterbox = to_model_input(image, 256)
+    assert pixels.shape == (256, 256) and pixels.dtype == np.float32
+    rows = np.flatnonzero(pixels.any(axis=1))
+    assert (rows[0], rows[-1]) == (64, 191)  # 128 image rows, 64 padding rows above and below
+    assert letterbox.to_original((0, 64, 256, 192)) == (0, 0, 2000, 1000)
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        to_model_input(np.zeros((3, 64, 64), np.float32), 256)
+    with pytest.raises(ValueError, match="variant"):
+        model_files(DEFAULT_MODEL_DIR, "int4")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def generator() -> ReportGenerator:
+    return ReportGenerator(threads=1)
+
+
+def test_shipped_model_folder_is_complete_and_small() -> None:
+    info = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json")
+    assert info.name == "radreport-phantom" and info.image_size == 256
+    graphs = [p for v in VARIANTS for p in model_files(DEFAULT_MODEL_DIR, v)]
+    files = [*graphs, DEFAULT_MODEL_DIR / "tokenizer.json"]
+    assert all(p.is_file() for p in files)
+    assert sum(p.stat().st_size for p in files) <= 25 * 1024 * 1024  # the issue's budget
+    assert "not for clinical use" in (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text().lower()
+
+
+def test_shipped_model_drafts_grounded_reports(generator: ReportGenerator) -> None:
+    studies = [generate_study(seed, 512) for seed in range(2_000_000, 2_000_004)]
+    drafts = generator.generate([s.image for s in studies])
+    for draft in drafts:
+        assert draft.findings and draft.impression
+        assert draft.model_version == generator.info.model_version
+        assert {s.section for s in draft.sentences} == {"findings", "impression"}
+        assert set(draft.label_probs) == set(generator.info.labels)
+        for sentence in draft.sentences:
+            assert sentence.text.endswith(".") and not sentence.text[0].islower()
+            assert sentence.heatmap.shape == (16, 16)
+            assert np.isclose(sentence.heatmap.sum(), 1.0, atol=1e-3)
+            assert sentence.boxes
+            for x0, y0, x1, y1 in sentence.boxes:
+                assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 512
+    # the normal study (seed 2,000,000) is reported as normal
+    assert "No acute" in drafts[0].impression
+
+
+def test_a_2048_px_input_gives_the_same_report_with_boxes_in_its_own_pixels(
+        generator: ReportGenerator) -> None:
+    image = generate_study(2_000_001, 512).image
+    large_image = np.kron(image, np.ones((4, 4), np.float32))  # 2048 px, same content
+    small, large = (generator.generate([img])[0] for img in (image, large_image))
+    assert large.text == small.text and large.letterbox.original_shape == (2048, 2048)
+    for a, b in zip(small.sentences, large.sentences, strict=True):
+        assert [tuple(4 * v for v in box) for box in a.boxes] == b.boxes
