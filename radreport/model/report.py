@@ -132,6 +132,8 @@ class ReportGenerator:
     def generate(self, images: Sequence[np.ndarray], box_threshold: float = 0.5,
                  ) -> list[DraftReport]:
         """Greedy drafts for (H, W) images in [0, 1], any size; one batch through the graphs."""
+        if not images:
+            return []
         prepared = [to_model_input(image, self.info.image_size) for image in images]
         batch = np.stack([pixels for pixels, _ in prepared])[:, None]  # (B, 1, S, S)
         encoded = self.onnx.encode(batch)

@@ -72,6 +72,7 @@ def test_shipped_model_drafts_grounded_reports(generator: ReportGenerator) -> No
                 assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 512
     # the normal study (seed 2,000,000) is reported as normal
     assert "No acute" in drafts[0].impression
+    assert generator.generate([]) == []
 
 
 def test_a_2048_px_input_gives_the_same_report_with_boxes_in_its_own_pixels(
