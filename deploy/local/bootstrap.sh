@@ -37,3 +37,5 @@ if [ ! -f "$stamp" ]; then
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
+# A real CPU tritonserver with its Python backend and that backend's environment.
+PYTHON="$VENV/bin/python" bash deploy/triton/install_cpu_server.sh "$VENV/tritonserver"

@@ -1,6 +1,6 @@
-"""Grounded report model: ViT encoder, cross-attending decoder, tokenizer, decoding, data."""
+"""Grounded report model: ViT encoder, cross-attending decoder, tokenizer, decoding, data.
 
-from radreport.model.config import ModelConfig
-from radreport.model.model import ModelOutput, RadReportModel
-
-__all__ = ["ModelConfig", "ModelOutput", "RadReportModel"]
+Importing this package imports nothing heavy: the PyTorch modules (``model``, ``train``,
+``decode``, ``export``, ``data``) are for training and export only, while ``report``,
+``onnx_runtime``, ``grounding`` and ``tokenizer`` run without torch in the serving stack.
+"""

@@ -114,6 +114,18 @@ class DraftReport:
     def text(self) -> str:
         return f"FINDINGS: {self.findings}\n\nIMPRESSION: {self.impression}"
 
+    def to_dict(self, digits: int = 5) -> dict[str, Any]:
+        """Plain JSON types, maps rounded: what crosses a process or network boundary."""
+        return {
+            "text": self.text, "findings": self.findings, "impression": self.impression,
+            "sentences": [{"text": s.text, "section": s.section,
+                           "boxes": [list(b) for b in s.boxes],
+                           "heatmap": np.round(s.heatmap, digits).tolist()}
+                          for s in self.sentences],
+            "label_probs": {k: round(v, digits) for k, v in self.label_probs.items()},
+            "token_ids": self.token_ids, "model_version": self.model_version,
+        }
+
 
 class ReportGenerator:
     """One model folder loaded once; ``generate`` drafts reports for a batch of images."""
@@ -136,11 +148,25 @@ class ReportGenerator:
             return []
         prepared = [to_model_input(image, self.info.image_size) for image in images]
         batch = np.stack([pixels for pixels, _ in prepared])[:, None]  # (B, 1, S, S)
+        return self.generate_prepared(batch, [letterbox for _, letterbox in prepared],
+                                      box_threshold)
+
+    def generate_prepared(self, batch: np.ndarray, letterboxes: Sequence[Letterbox] | None = None,
+                          box_threshold: float = 0.5) -> list[DraftReport]:
+        """Drafts for model inputs (B, 1, S, S) that were preprocessed elsewhere.
+
+        Without letterboxes, boxes stay in model-input pixels.
+        """
+        size = self.info.image_size
+        if batch.ndim != 4 or batch.shape[1:] != (1, size, size):
+            raise ValueError(f"model input of shape {batch.shape} is not (B, 1, {size}, {size})")
+        if letterboxes is None:
+            letterboxes = [Letterbox(size, 1.0, 0, 0, (size, size))] * len(batch)
         encoded = self.onnx.encode(batch)
         ids, maps = self.onnx.greedy_from_memory(encoded.memory_kv)
-        return [self._draft(ids[i], maps[i], encoded.label_probs[i], prepared[i][1],
+        return [self._draft(ids[i], maps[i], encoded.label_probs[i], letterboxes[i],
                             box_threshold)
-                for i in range(len(prepared))]
+                for i in range(len(batch))]
 
     def _draft(self, ids: np.ndarray, maps: np.ndarray, probs: np.ndarray,
                letterbox: Letterbox, box_threshold: float) -> DraftReport:

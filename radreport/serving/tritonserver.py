@@ -1,0 +1,124 @@
+"""Start and stop a real ``tritonserver`` process on CPU, as the local stack and tests do.
+
+The binary, its Python backend and that backend's Python environment are installed by
+``deploy/triton/install_cpu_server.sh`` (under ``.venv/tritonserver`` by default). What it
+takes to run them here is in ``shared/notes/triton-on-cpu.md``: the backend directory must
+hold the stub for our Python, the stub must load the running interpreter's libpython
+(``LD_LIBRARY_PATH``), and our ``model.py`` finds its packages through ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_INSTALL = PROJECT_ROOT / ".venv" / "tritonserver"
+DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
+
+
+class TritonNotInstalledError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class TritonServer:
+    """One ``tritonserver`` on loopback ports; a context manager that waits until ready."""
+
+    repository: Path = DEFAULT_REPOSITORY
+    install: Path = DEFAULT_INSTALL
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def binary(self) -> Path:
+        return self.install / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.binary), f"--model-repository={self.repository}",
+            f"--backend-directory={self.binary.parents[1] / 'backends'}",
+            "--http-address=127.0.0.1", f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}", "--exit-timeout-secs=5",
+        ]
+
+    def environment(self) -> dict[str, str]:
+        site_packages = next((self.install / "env" / "lib").glob("python3*/site-packages"), None)
+        if site_packages is None:
+            raise TritonNotInstalledError(f"no backend environment under {self.install}/env")
+        paths = [str(site_packages), str(PROJECT_ROOT)]
+        return {**os.environ, **self.env,
+                "LD_LIBRARY_PATH": str(sysconfig.get_config_var("LIBDIR")),
+                "PYTHONPATH": os.pathsep.join(paths)}
+
+    def start(self, timeout: float = 120.0) -> TritonServer:
+        if not self.binary.is_file():
+            raise TritonNotInstalledError(
+                f"{self.binary} not found: run deploy/triton/install_cpu_server.sh")
+        log = self.log_path.open("wb") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(self.command(), env=self.environment(), stdout=log,
+                                        stderr=subprocess.STDOUT, cwd=self.install)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}; "
+                                   f"see {self.log_path or 'its output'}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

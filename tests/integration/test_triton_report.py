@@ -1,0 +1,104 @@
+"""A real tritonserver (CPU, Python backend) serving whole reports from model_repository/."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from radreport.data.phantoms import generate_study
+from radreport.model.report import ReportGenerator, to_model_input
+from radreport.serving.tritonserver import TritonServer
+
+pytestmark = pytest.mark.integration
+MODEL = "radreport_report"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    with TritonServer(log_path=log) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def inputs() -> np.ndarray:
+    """16 phantom test studies as model inputs (16, 1, 256, 256)."""
+    return np.stack([to_model_input(generate_study(seed, 512).image, 256)[0]
+                     for seed in range(2_000_000, 2_000_016)])[:, None]
+
+
+@pytest.fixture(scope="module")
+def reference(inputs: np.ndarray) -> list[dict[str, Any]]:
+    """ONNX Runtime in this process, one study at a time."""
+    generator = ReportGenerator()
+    return [generator.generate_prepared(inputs[i : i + 1])[0].to_dict()
+            for i in range(len(inputs))]
+
+
+def infer(url: str, image: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    client = grpcclient.InferenceServerClient(url)
+    tensor = grpcclient.InferInput("image", list(image.shape), "FP32")
+    tensor.set_data_from_numpy(image)
+    result = client.infer(MODEL, [tensor], client_timeout=120)
+    report = json.loads(result.as_numpy("report_json")[0][0])
+    return report, result.as_numpy("label_probs")[0]
+
+
+def assert_same_report(served: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert served["text"] == expected["text"]
+    assert served["token_ids"] == expected["token_ids"]
+    assert served["model_version"] == expected["model_version"] == "radreport-phantom:0.1.0"
+    assert len(served["sentences"]) == len(expected["sentences"])
+    for got, want in zip(served["sentences"], expected["sentences"], strict=True):
+        assert (got["text"], got["section"], got["boxes"]) == (
+            want["text"], want["section"], want["boxes"])
+        np.testing.assert_allclose(got["heatmap"], want["heatmap"], atol=1e-4)
+    for name, prob in expected["label_probs"].items():
+        assert served["label_probs"][name] == pytest.approx(prob, abs=1e-4)
+
+
+def test_served_reports_equal_onnx_runtime(server: TritonServer, inputs: np.ndarray,
+                                           reference: list[dict[str, Any]]) -> None:
+    for i in range(3):
+        report, probs = infer(server.grpc_url, inputs[i : i + 1])
+        assert_same_report(report, reference[i])
+        assert probs.shape == (14,)
+        np.testing.assert_allclose(probs, list(reference[i]["label_probs"].values()), atol=1e-4)
+
+
+def stats(url: str) -> tuple[int, int]:
+    model = grpcclient.InferenceServerClient(url).get_inference_statistics(MODEL).model_stats[0]
+    return int(model.inference_count), int(model.execution_count)
+
+
+def test_sixteen_concurrent_requests_are_batched_and_all_correct(
+        server: TritonServer, inputs: np.ndarray, reference: list[dict[str, Any]]) -> None:
+    before = stats(server.grpc_url)
+    with ThreadPoolExecutor(16) as pool:
+        served = list(pool.map(lambda i: infer(server.grpc_url, inputs[i : i + 1])[0],
+                               range(16)))
+    for got, want in zip(served, reference, strict=True):
+        assert_same_report(got, want)
+    inferences, executions = (a - b for a, b in zip(stats(server.grpc_url), before,
+                                                    strict=True))
+    assert inferences == 16
+    assert executions < inferences  # the dynamic batcher really gathered requests
+
+
+def test_a_wrongly_shaped_image_is_refused_with_a_clear_error(server: TritonServer) -> None:
+    with pytest.raises(InferenceServerException, match="image"):
+        infer(server.grpc_url, np.zeros((1, 1, 128, 128), np.float32))
+
+
+def test_server_log_shows_the_model_ready(server: TritonServer) -> None:
+    assert server.log_path is not None
+    text = Path(server.log_path).read_text()
+    assert "successfully loaded 'radreport_report'" in text
