@@ -15,7 +15,8 @@ from tritonclient.utils import InferenceServerException
 
 from radreport.data.phantoms import generate_study
 from radreport.model.report import ReportGenerator, to_model_input
-from radreport.serving.tritonserver import TritonServer
+from radreport.serving.client import ReportClient, TritonRequestError, TritonUnavailableError
+from radreport.serving.tritonserver import TritonServer, free_port
 
 pytestmark = pytest.mark.integration
 MODEL = "radreport_report"
@@ -102,3 +103,34 @@ def test_server_log_shows_the_model_ready(server: TritonServer) -> None:
     assert server.log_path is not None
     text = Path(server.log_path).read_text()
     assert "successfully loaded 'radreport_report'" in text
+
+
+def test_report_client_returns_the_reports(server: TritonServer, inputs: np.ndarray,
+                                           reference: list[dict[str, Any]]) -> None:
+    client = ReportClient(server.grpc_url)
+    assert client.ready()
+    reports = client.generate(inputs[:2])
+    assert len(reports) == 2
+    for got, want in zip(reports, reference[:2], strict=True):
+        assert_same_report(got, want)
+
+
+def test_report_client_does_not_retry_a_malformed_request(server: TritonServer) -> None:
+    client = ReportClient(server.grpc_url, backoff_s=5.0)
+    with pytest.raises(TritonRequestError, match="image"):
+        client.generate(np.zeros((1, 1, 64, 64), np.float32))  # would sleep 5 s if retried
+
+
+def test_report_client_names_a_model_that_is_not_loaded(server: TritonServer) -> None:
+    client = ReportClient(server.grpc_url, model="no_such_model", retries=1, backoff_s=0.01)
+    assert not client.ready()
+    with pytest.raises(TritonUnavailableError, match=r"no_such_model.*2 attempts"):
+        client.generate(np.zeros((1, 1, 256, 256), np.float32))
+
+
+def test_report_client_gives_a_clear_error_when_triton_is_down() -> None:
+    client = ReportClient(f"127.0.0.1:{free_port()}", retries=2, backoff_s=0.01,
+                          timeout_s=2.0)
+    assert not client.ready()
+    with pytest.raises(TritonUnavailableError, match=r"127\.0\.0\.1:\d+ could not serve"):
+        client.generate(np.zeros((1, 1, 256, 256), np.float32))
