@@ -242,6 +242,19 @@ def bench_phantoms(
     typer.echo(report(run(count, size)))
 
 
+@bench_app.command("serving")
+def bench_serving(
+    count: Annotated[int, typer.Option(min=1, help="Phantom studies per path.")] = 32,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="PyTorch checkpoint of the shipped model, for paths (a) and (b).")] = None,
+) -> None:
+    """PyTorch vs ONNX Runtime vs a real Triton (1-16 clients, batching on/off), side by side."""
+    from radreport.bench.serving import run
+
+    for line in run(count, checkpoint):
+        typer.echo(line)
+
+
 def main(argv: list[str] | None = None) -> None:
     app(args=argv)
 

@@ -90,3 +90,12 @@ def test_train_rejects_an_unknown_setting(tmp_path: Path) -> None:
     done = radreport("train", "--out", str(tmp_path), "--set", "train.epoch=1")
     assert done.returncode == 2
     assert "train.epoch" in done.stderr
+
+
+def test_bench_serving_prints_every_path_side_by_side() -> None:
+    done = radreport("bench", "serving", "--count", "2")
+    assert done.returncode == 0, done.stderr
+    assert "(a), (b): skipped" in done.stdout  # no checkpoint given
+    rows = [line for line in done.stdout.splitlines() if "reports/s" in line]
+    assert len(rows) == 1 + 8  # (c), then Triton at 1/4/8/16 clients with and without batching
+    assert all("same tokens as (c): 100%" in row for row in rows)
