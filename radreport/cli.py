@@ -231,6 +231,28 @@ def bench_model(
         typer.echo(line)
 
 
+@app.command("triton-check")
+def triton_check(
+    target: Annotated[str, typer.Option(help="cpu (model_repository/) or gpu "
+                                        "(deploy/triton/gpu/, TensorRT).")] = "cpu",
+    model: Annotated[Path | None, typer.Option(
+        help="Model folder whose ONNX graphs the engines are built from.")] = None,
+) -> None:
+    """Check a target's Triton configs offline: protobuf schema and ONNX I/O."""
+    from radreport.model.report import DEFAULT_MODEL_DIR
+    from radreport.serving.repository import TARGETS, check_target
+
+    if target not in TARGETS:
+        raise typer.BadParameter(f"unknown target {target!r}; choose cpu or gpu",
+                                 param_hint="--target")
+    problems = check_target(target, model or DEFAULT_MODEL_DIR)
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{target}: every config in {TARGETS[target]} checks clean")
+
+
 @bench_app.command("phantoms")
 def bench_phantoms(
     count: Annotated[int, typer.Option(min=1)] = 1000,

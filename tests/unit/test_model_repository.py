@@ -1,6 +1,6 @@
-"""model_repository/ checked offline: every config parses against Triton's own protobuf
-schema (tritonclient ships model_config.proto compiled), and the report model's I/O matches
-the shipped ONNX graphs it runs."""
+"""Triton configs checked offline: every config parses against Triton's own protobuf schema
+(tritonclient ships model_config.proto compiled), the GPU target's TensorRT models match the
+ONNX graphs their engines are built from, and the CPU report model matches the shipped model."""
 
 from __future__ import annotations
 
@@ -12,20 +12,21 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from radreport.model.report import DEFAULT_MODEL_DIR, ModelInfo, model_files
-
-REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
-CONFIGS = sorted(REPOSITORY.glob("*/config.pbtxt"))
+from radreport.serving.repository import TARGETS, check_target, io_problems, parse_config
 
 
-def parse(path: Path) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_config_of_the_target_checks_clean(target: str) -> None:
+    assert check_target(target, DEFAULT_MODEL_DIR) == []
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
-def test_config_parses_and_names_its_folder(path: Path) -> None:
-    config = parse(path)
-    assert config.name == path.parent.name
-    assert any(child.is_dir() and child.name.isdigit() for child in path.parent.iterdir())
+def test_gpu_target_is_tensorrt_on_the_gpu() -> None:
+    configs = {p.parent.name: parse_config(p) for p in TARGETS["gpu"].glob("*/config.pbtxt")}
+    assert set(configs) == {"encoder", "decoder_step"}
+    for config in configs.values():
+        assert config.platform == "tensorrt_plan"
+        kinds = [group.kind for group in config.instance_group]
+        assert kinds == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
 
 
 def test_a_typo_in_a_config_is_caught() -> None:
@@ -33,8 +34,21 @@ def test_a_typo_in_a_config_is_caught() -> None:
         text_format.Parse('name: "x"\nmax_batch_sise: 4\n', model_config_pb2.ModelConfig())
 
 
+def test_a_config_that_disagrees_with_its_onnx_graph_is_reported(tmp_path: Path) -> None:
+    config = parse_config(TARGETS["gpu"] / "decoder_step" / "config.pbtxt")
+    config.output[0].dims[2] = 179  # logits over a vocabulary one word short
+    config.input[0].data_type = model_config_pb2.TYPE_INT32
+    config.input[1].name = "past_key_values"
+    graph = onnx.load(str(model_files(DEFAULT_MODEL_DIR)[1]))
+    problems = io_problems(config, graph)
+    assert any("inputs" in p and "past_key_values" in p for p in problems)
+    assert any("logits: dims [-1, -1, 179]" in p for p in problems)
+    config.input[1].name = "past_kv"
+    assert any("tokens: data type TYPE_INT32" in p for p in io_problems(config, graph))
+
+
 def test_report_model_io_matches_the_shipped_onnx_graphs() -> None:
-    config = parse(REPOSITORY / "radreport_report" / "config.pbtxt")
+    config = parse_config(TARGETS["cpu"] / "radreport_report" / "config.pbtxt")
     info = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json")
     encoder = onnx.load(str(model_files(DEFAULT_MODEL_DIR)[0]))
     image = next(i for i in encoder.graph.input if i.name == "image")

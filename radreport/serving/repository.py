@@ -1,0 +1,70 @@
+"""Offline checks of Triton model configurations, for targets we cannot run here.
+
+Every ``config.pbtxt`` is parsed with Triton's own model-config protobuf schema (compiled in
+tritonclient), and a TensorRT model's inputs and outputs are compared with the ONNX graph its
+engine is built from: names, data types and every fixed dimension.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TARGETS = {"cpu": PROJECT_ROOT / "model_repository",
+           "gpu": PROJECT_ROOT / "deploy" / "triton" / "gpu"}
+# ONNX TensorProto element type -> Triton data type
+ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: model_config_pb2.TYPE_FP32,
+                  onnx.TensorProto.FLOAT16: model_config_pb2.TYPE_FP16,
+                  onnx.TensorProto.INT64: model_config_pb2.TYPE_INT64,
+                  onnx.TensorProto.INT32: model_config_pb2.TYPE_INT32}
+
+
+def parse_config(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def io_problems(config: model_config_pb2.ModelConfig, graph: onnx.ModelProto) -> list[str]:
+    """Differences between a config's tensors and the ONNX graph's; empty when they agree."""
+    problems: list[str] = []
+    batch = [-1] if config.max_batch_size > 0 else []  # implicit batch axis, not in dims
+    for kind, declared, actual in (("input", config.input, graph.graph.input),
+                                   ("output", config.output, graph.graph.output)):
+        onnx_tensors = {t.name: t for t in actual}
+        if {t.name for t in declared} != set(onnx_tensors):
+            problems.append(f"{config.name}: {kind}s {sorted(t.name for t in declared)} != "
+                            f"ONNX {sorted(onnx_tensors)}")
+            continue
+        for tensor in declared:
+            onnx_type = onnx_tensors[tensor.name].type.tensor_type
+            if ONNX_TO_TRITON.get(onnx_type.elem_type) != tensor.data_type:
+                problems.append(f"{config.name}.{tensor.name}: data type "
+                                f"{model_config_pb2.DataType.Name(tensor.data_type)} does not "
+                                f"match ONNX element type {onnx_type.elem_type}")
+            onnx_dims = [d.dim_value if d.HasField("dim_value") else -1
+                         for d in onnx_type.shape.dim]
+            dims = batch + list(tensor.dims)
+            if len(dims) != len(onnx_dims) or any(
+                    o != -1 and d != o for d, o in zip(dims, onnx_dims, strict=False)):
+                problems.append(f"{config.name}.{tensor.name}: dims {dims} do not match "
+                                f"ONNX {onnx_dims}")
+    return problems
+
+
+def check_target(target: str, model_dir: Path) -> list[str]:
+    """Problems of every config of a target; TensorRT models checked against their ONNX."""
+    problems: list[str] = []
+    for path in sorted(TARGETS[target].glob("*/config.pbtxt")):
+        try:
+            config = parse_config(path)
+        except text_format.ParseError as err:
+            problems.append(f"{path}: {err}")
+            continue
+        if config.name != path.parent.name:
+            problems.append(f"{path}: name {config.name!r} is not its folder's")
+        if config.platform == "tensorrt_plan":
+            problems += io_problems(config, onnx.load(str(model_dir / f"{config.name}.onnx")))
+    return problems
