@@ -13,9 +13,9 @@ import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TARGETS = {"cpu": PROJECT_ROOT / "model_repository",
-           "gpu": PROJECT_ROOT / "deploy" / "triton" / "gpu"}
+from radreport.serving.tritonserver import DEFAULT_REPOSITORY, PROJECT_ROOT
+
+TARGETS = {"cpu": DEFAULT_REPOSITORY, "gpu": PROJECT_ROOT / "deploy" / "triton" / "gpu"}
 # ONNX TensorProto element type -> Triton data type
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: model_config_pb2.TYPE_FP32,
                   onnx.TensorProto.FLOAT16: model_config_pb2.TYPE_FP16,
