@@ -2,8 +2,9 @@
 
 (a) PyTorch eager, recomputing the whole prefix each token (no KV cache), (b) PyTorch eager
 with the KV cache, (c) ONNX Runtime called directly (``ReportGenerator``), and (d) a real
-tritonserver with 1, 4 and 16 concurrent clients, once with dynamic batching and once
-without. Every path drafts the same phantom studies; greedy token ids are compared with (c)
+tritonserver with 1, 4, 8 and 16 concurrent clients, once with dynamic batching and once
+without, plus the BLS design (a Triton request per decoder step) at one client. Every path
+drafts the same phantom studies; greedy token ids are compared with (c)
 and the agreement is printed. Figures only, no assertions. (a) and (b) need the ``train``
 extra (torch); they are skipped with a note when torch is missing.
 """
@@ -25,7 +26,7 @@ import numpy as np
 
 from radreport.data.phantoms.generator import generate_study
 from radreport.model.report import DEFAULT_MODEL_DIR, ReportGenerator, to_model_input
-from radreport.serving.client import ReportClient
+from radreport.serving.client import REPORT_MODEL, ReportClient
 from radreport.serving.tritonserver import DEFAULT_REPOSITORY, TritonServer
 
 
@@ -93,9 +94,9 @@ def torch_paths(images: np.ndarray, expected: Sequence[list[int]],
 
 
 def concurrent(name: str, url: str, images: np.ndarray, clients: int,
-               expected: Sequence[list[int]]) -> Figures:
+               expected: Sequence[list[int]], model: str = REPORT_MODEL) -> Figures:
     """``clients`` threads, each with its own connection, share the studies between them."""
-    connections = [ReportClient(url) for _ in range(clients)]
+    connections = [ReportClient(url, model=model) for _ in range(clients)]
     connections[0].generate(images[:1])  # warm-up
 
     def one(i: int) -> tuple[float, bool]:
@@ -144,4 +145,8 @@ def run(count: int = 32, checkpoint: Path | None = None) -> list[str]:
                 for clients in (1, 4, 8, 16):
                     figures.append(concurrent(f"(d) Triton, {clients:2d} clients, {label}",
                                               server.grpc_url, images, clients, expected))
+                if label == "batching":
+                    figures.append(concurrent("(d) Triton, BLS call per step, 1 client",
+                                              server.grpc_url, images, 1, expected,
+                                              model="radreport_report_bls"))
     return lines + [f.line() for f in figures]

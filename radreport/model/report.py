@@ -131,14 +131,17 @@ class ReportGenerator:
     """One model folder loaded once; ``generate`` drafts reports for a batch of images."""
 
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, variant: Variant = "fp32",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, runtime: OnnxReportModel | None = None) -> None:
+        """``runtime`` replaces the in-process graphs, e.g. by one calling Triton models."""
         folder = Path(model_dir)
         self.info = ModelInfo.load(folder / MODEL_INFO_FILE)
         self.tokenizer = ReportTokenizer.load(folder / TOKENIZER_FILE)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.onnx = OnnxReportModel(*model_files(folder, variant), options=options)
+        if runtime is None:
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            runtime = OnnxReportModel(*model_files(folder, variant), options=options)
+        self.onnx = runtime
         self.variant = variant
 
     def generate(self, images: Sequence[np.ndarray], box_threshold: float = 0.5,

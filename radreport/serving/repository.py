@@ -55,7 +55,7 @@ def io_problems(config: model_config_pb2.ModelConfig, graph: onnx.ModelProto) ->
 
 
 def check_target(target: str, model_dir: Path) -> list[str]:
-    """Problems of every config of a target; TensorRT models checked against their ONNX."""
+    """Problems of every config of a target; graph models checked against their ONNX."""
     problems: list[str] = []
     for path in sorted(TARGETS[target].glob("*/config.pbtxt")):
         try:
@@ -65,6 +65,9 @@ def check_target(target: str, model_dir: Path) -> list[str]:
             continue
         if config.name != path.parent.name:
             problems.append(f"{path}: name {config.name!r} is not its folder's")
-        if config.platform == "tensorrt_plan":
-            problems += io_problems(config, onnx.load(str(model_dir / f"{config.name}.onnx")))
+        graph = model_dir / f"{config.name}.onnx"
+        if graph.is_file():  # an engine or a stand-in for one: must match its graph
+            problems += io_problems(config, onnx.load(str(graph)))
+        elif config.platform == "tensorrt_plan":
+            problems.append(f"{path}: no ONNX graph {graph.name} to build its engine from")
     return problems

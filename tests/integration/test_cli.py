@@ -97,5 +97,6 @@ def test_bench_serving_prints_every_path_side_by_side() -> None:
     assert done.returncode == 0, done.stderr
     assert "(a), (b): skipped" in done.stdout  # no checkpoint given
     rows = [line for line in done.stdout.splitlines() if "reports/s" in line]
-    assert len(rows) == 1 + 8  # (c), then Triton at 1/4/8/16 clients with and without batching
+    # (c), Triton at 1/4/8/16 clients with and without batching, and the BLS loop
+    assert len(rows) == 1 + 8 + 1 and any("BLS" in row for row in rows)
     assert all("same tokens as (c): 100%" in row for row in rows)

@@ -134,3 +134,10 @@ def test_report_client_gives_a_clear_error_when_triton_is_down() -> None:
     assert not client.ready()
     with pytest.raises(TritonUnavailableError, match=r"127\.0\.0\.1:\d+ could not serve"):
         client.generate(np.zeros((1, 1, 256, 256), np.float32))
+
+
+def test_the_bls_loop_serves_the_same_reports(server: TritonServer, inputs: np.ndarray,
+                                              reference: list[dict[str, Any]]) -> None:
+    client = ReportClient(server.grpc_url, model="radreport_report_bls")
+    for got, want in zip(client.generate(inputs[:2]), reference[:2], strict=True):
+        assert_same_report(got, want)

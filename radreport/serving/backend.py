@@ -1,0 +1,137 @@
+"""The code of our Triton Python-backend models; each ``model.py`` only imports one class.
+
+- ``ReportModel``: a whole report per request, the greedy loop run in-process with ONNX
+  Runtime; requests gathered by the dynamic batcher are stacked into one batch.
+- ``GraphModel``: one exported graph (encoder or decoder step) on ONNX Runtime, the CPU
+  stand-in for the GPU target's TensorRT engine of the same name and I/O.
+- ``BlsReportModel``: the same whole report, but every encoder call and decoder step is a
+  BLS request to those two models. It exists to measure what a round trip per token costs
+  against the in-process loop (``radreport bench serving``).
+
+Runs only inside tritonserver's Python backend (``triton_python_backend_utils``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+from radreport.model.onnx_runtime import EncoderOutput, OnnxReportModel
+from radreport.model.report import (
+    DEFAULT_MODEL_DIR,
+    ReportGenerator,
+    Variant,
+    model_files,
+)
+
+
+def _parameters(args: dict[str, Any]) -> dict[str, str]:
+    config = json.loads(args["model_config"])
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+def _model_dir(params: dict[str, str]) -> Path:
+    """RADREPORT_MODEL_DIR, else the config's ``model_dir``, else the shipped model."""
+    return Path(os.environ.get("RADREPORT_MODEL_DIR") or params.get("model_dir")
+                or DEFAULT_MODEL_DIR)
+
+
+class ReportModel:
+    """Whole reports, decoded in-process; one response per request, errors included."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        params = _parameters(args)
+        variant = cast(Variant, params.get("variant", "fp32"))  # ReportGenerator checks it
+        self.generator = self.make_generator(_model_dir(params), variant)
+
+    def make_generator(self, model_dir: Path, variant: Variant) -> ReportGenerator:
+        return ReportGenerator(model_dir, variant)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        images = [pb_utils.get_input_tensor_by_name(r, "image").as_numpy() for r in requests]
+        try:
+            drafts = self.generator.generate_prepared(np.concatenate(images).astype(np.float32))
+        except Exception as err:  # every request must get a response, never a crash
+            error = pb_utils.TritonError(f"report generation failed: {err}")
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        responses = []
+        start = 0
+        for image in images:
+            part = drafts[start : start + len(image)]
+            start += len(image)
+            reports = np.array([[json.dumps(d.to_dict()).encode()] for d in part], dtype=object)
+            probs = np.array([[d.label_probs[name] for name in self.generator.info.labels]
+                              for d in part], dtype=np.float32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("report_json", reports), pb_utils.Tensor("label_probs", probs)]))
+        return responses
+
+
+class GraphModel:
+    """The ONNX graph named by the config's ``graph`` parameter, request by request."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        params = _parameters(args)
+        path = _model_dir(params) / f"{params['graph']}.onnx"
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            feed = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                    for name in self.inputs}
+            try:
+                values = self.session.run(self.outputs, feed)
+            except Exception as err:  # every request must get a response, never a crash
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"graph failed: {err}")))
+                continue
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(name, value)
+                for name, value in zip(self.outputs, values, strict=True)]))
+        return responses
+
+
+def bls(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    """One synchronous BLS request; a failed response raises with Triton's message."""
+    request = pb_utils.InferenceRequest(
+        model_name=model, requested_output_names=outputs,
+        inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()])
+    response = request.exec()
+    if response.has_error():
+        raise RuntimeError(f"BLS call to {model} failed: {response.error().message()}")
+    return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
+
+
+class BlsRuntime(OnnxReportModel):
+    """The greedy loop of ``OnnxReportModel`` with its two graphs behind BLS calls.
+
+    The local sessions are kept only for the decoding constants in the graphs' metadata.
+    """
+
+    def encode(self, images: np.ndarray) -> EncoderOutput:
+        memory_kv, label_probs = bls("encoder", {"image": images},
+                                     ["memory_kv", "label_probs"])
+        return EncoderOutput(memory_kv, label_probs)
+
+    def step(self, tokens: np.ndarray, past_kv: np.ndarray,
+             memory_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        logits, present_kv, cross_attn = bls(
+            "decoder_step",
+            {"tokens": tokens.astype(np.int64), "past_kv": past_kv, "memory_kv": memory_kv},
+            ["logits", "present_kv", "cross_attn"])
+        return logits, present_kv, cross_attn
+
+
+class BlsReportModel(ReportModel):
+    def make_generator(self, model_dir: Path, variant: Variant) -> ReportGenerator:
+        runtime = BlsRuntime(*model_files(model_dir, variant))
+        return ReportGenerator(model_dir, variant, runtime=runtime)
