@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from radreport.data.phantoms import generate_study
 from radreport.model.report import ReportGenerator, to_model_input
 from radreport.serving.client import ReportClient, TritonRequestError, TritonUnavailableError
-from radreport.serving.tritonserver import TritonServer, free_port
+from radreport.serving.tritonserver import DEFAULT_REPOSITORY, TritonServer, free_port
 
 pytestmark = pytest.mark.integration
 MODEL = "radreport_report"
@@ -141,3 +142,26 @@ def test_the_bls_loop_serves_the_same_reports(server: TritonServer, inputs: np.n
     client = ReportClient(server.grpc_url, model="radreport_report_bls")
     for got, want in zip(client.generate(inputs[:2]), reference[:2], strict=True):
         assert_same_report(got, want)
+
+
+def test_an_overload_is_rejected_cleanly_and_the_rest_answered(
+        tmp_path: Path, inputs: np.ndarray, reference: list[dict[str, Any]]) -> None:
+    repository = tmp_path / "repository"
+    shutil.copytree(DEFAULT_REPOSITORY, repository)
+    config = repository / "radreport_report" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_queue_size: 64", "max_queue_size: 1"))
+    with TritonServer(repository=repository, log_path=tmp_path / "triton.log") as small:
+        def one(i: int) -> dict[str, Any] | str:
+            try:
+                return ReportClient(small.grpc_url, retries=0).generate(inputs[i : i + 1])[0]
+            except TritonUnavailableError as err:
+                return str(err)
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(one, range(16)))
+    rejected = [o for o in outcomes if isinstance(o, str)]
+    assert rejected and len(rejected) < 16
+    assert all("queue" in message.lower() for message in rejected)
+    for outcome, want in zip(outcomes, reference, strict=True):
+        if not isinstance(outcome, str):
+            assert_same_report(outcome, want)
