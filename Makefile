@@ -25,7 +25,7 @@ test: setup
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check radreport tests model_repository
+	$(VENV)/bin/ruff check radreport services tests model_repository
 	$(VENV)/bin/mypy
 
 unit: setup

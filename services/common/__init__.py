@@ -1,0 +1,1 @@
+"""What several services share: settings, report schemas, store, blobs, queue app, logging."""
