@@ -231,16 +231,18 @@ def bench_model(
         typer.echo(line)
 
 
-@app.command("triton-check")
-def triton_check(
+@app.command("triton-repo")
+def triton_repo(
     target: Annotated[str, typer.Option(help="cpu (model_repository/) or gpu "
                                         "(deploy/triton/gpu/, TensorRT).")] = "cpu",
+    out: Annotated[Path | None, typer.Option(
+        help="Also lay the target's repository out in this (empty) folder.")] = None,
     model: Annotated[Path | None, typer.Option(
         help="Model folder whose ONNX graphs the engines are built from.")] = None,
 ) -> None:
-    """Check a target's Triton configs offline: protobuf schema and ONNX I/O."""
+    """Check a target's Triton configs offline (protobuf schema, ONNX I/O); lay it out."""
     from radreport.model.report import DEFAULT_MODEL_DIR
-    from radreport.serving.repository import TARGETS, check_target
+    from radreport.serving.repository import TARGETS, check_target, layout
 
     if target not in TARGETS:
         raise typer.BadParameter(f"unknown target {target!r}; choose cpu or gpu",
@@ -251,6 +253,26 @@ def triton_check(
     if problems:
         raise typer.Exit(1)
     typer.echo(f"{target}: every config in {TARGETS[target]} checks clean")
+    if out is not None:
+        for config in layout(target, out):
+            typer.echo(f"wrote {config}")
+        if target == "gpu":
+            typer.echo(f"next, on the GPU: bash deploy/triton/build_trt_engines.sh {out}")
+
+
+@app.command()
+def calibrate(
+    out: Annotated[Path, typer.Option(help="Folder for the tables, one subfolder per graph.")],
+    count: Annotated[int, typer.Option(min=1, help="Training-split phantoms to run.")] = 32,
+    model: Annotated[Path | None, typer.Option(help="Model folder (default: shipped).")] = None,
+) -> None:
+    """INT8 calibration tables for the GPU target's TensorRT engines, from phantoms."""
+    from radreport.model.report import DEFAULT_MODEL_DIR
+    from radreport.serving.calibrate import calibrate as run_calibration
+
+    for graph, folder in run_calibration(model or DEFAULT_MODEL_DIR, out, count).items():
+        typer.echo(f"{graph}: {folder}/calibration.cache (trtexec), "
+                   f"{folder}/calibration.flatbuffers (ONNX Runtime TensorRT provider)")
 
 
 @bench_app.command("phantoms")

@@ -29,7 +29,7 @@ class OnnxReportModel:
     """The two exported graphs plus the decoding constants stored in their metadata."""
 
     def __init__(self, encoder_path: str | Path, decoder_path: str | Path,
-                 providers: Sequence[str] = DEFAULT_PROVIDERS,
+                 providers: Sequence[str | tuple[str, dict[str, str]]] = DEFAULT_PROVIDERS,
                  options: ort.SessionOptions | None = None) -> None:
         self.encoder = ort.InferenceSession(str(encoder_path), sess_options=options,
                                             providers=list(providers))

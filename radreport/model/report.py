@@ -24,7 +24,7 @@ from PIL import Image
 from radreport.data.labels import CHEXPERT_LABELS
 from radreport.data.phantoms.study import Box
 from radreport.model.grounding import Letterbox, map_boxes, report_spans, sentence_maps
-from radreport.model.onnx_runtime import OnnxReportModel
+from radreport.model.onnx_runtime import DEFAULT_PROVIDERS, OnnxReportModel
 from radreport.model.tokenizer import ReportTokenizer, detokenize
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
@@ -131,8 +131,11 @@ class ReportGenerator:
     """One model folder loaded once; ``generate`` drafts reports for a batch of images."""
 
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, variant: Variant = "fp32",
-                 threads: int | None = None, runtime: OnnxReportModel | None = None) -> None:
-        """``runtime`` replaces the in-process graphs, e.g. by one calling Triton models."""
+                 threads: int | None = None, runtime: OnnxReportModel | None = None,
+                 providers: Sequence[str | tuple[str, dict[str, str]]] | None = None) -> None:
+        """``runtime`` replaces the in-process graphs, e.g. by one calling Triton models;
+        ``providers`` are ONNX Runtime execution providers (default: CPU), e.g. TensorRT and
+        CUDA with their options on the GPU target."""
         folder = Path(model_dir)
         self.info = ModelInfo.load(folder / MODEL_INFO_FILE)
         self.tokenizer = ReportTokenizer.load(folder / TOKENIZER_FILE)
@@ -140,7 +143,8 @@ class ReportGenerator:
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads = threads
-            runtime = OnnxReportModel(*model_files(folder, variant), options=options)
+            runtime = OnnxReportModel(*model_files(folder, variant),
+                                      providers=providers or DEFAULT_PROVIDERS, options=options)
         self.onnx = runtime
         self.variant = variant
 

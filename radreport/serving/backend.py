@@ -14,7 +14,6 @@ Runs only inside tritonserver's Python backend (``triton_python_backend_utils``)
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,35 +22,21 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from radreport.model.onnx_runtime import EncoderOutput, OnnxReportModel
-from radreport.model.report import (
-    DEFAULT_MODEL_DIR,
-    ReportGenerator,
-    Variant,
-    model_files,
-)
-
-
-def _parameters(args: dict[str, Any]) -> dict[str, str]:
-    config = json.loads(args["model_config"])
-    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-
-
-def _model_dir(params: dict[str, str]) -> Path:
-    """RADREPORT_MODEL_DIR, else the config's ``model_dir``, else the shipped model."""
-    return Path(os.environ.get("RADREPORT_MODEL_DIR") or params.get("model_dir")
-                or DEFAULT_MODEL_DIR)
+from radreport.model.report import ReportGenerator, Variant, model_files
+from radreport.serving.backend_config import execution_providers, model_dir_of, parameters
 
 
 class ReportModel:
     """Whole reports, decoded in-process; one response per request, errors included."""
 
     def initialize(self, args: dict[str, Any]) -> None:
-        params = _parameters(args)
+        params = parameters(args)
         variant = cast(Variant, params.get("variant", "fp32"))  # ReportGenerator checks it
-        self.generator = self.make_generator(_model_dir(params), variant)
+        self.providers = execution_providers(params)
+        self.generator = self.make_generator(model_dir_of(params), variant)
 
     def make_generator(self, model_dir: Path, variant: Variant) -> ReportGenerator:
-        return ReportGenerator(model_dir, variant)
+        return ReportGenerator(model_dir, variant, providers=self.providers)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         images = [pb_utils.get_input_tensor_by_name(r, "image").as_numpy() for r in requests]
@@ -77,8 +62,8 @@ class GraphModel:
     """The ONNX graph named by the config's ``graph`` parameter, request by request."""
 
     def initialize(self, args: dict[str, Any]) -> None:
-        params = _parameters(args)
-        path = _model_dir(params) / f"{params['graph']}.onnx"
+        params = parameters(args)
+        path = model_dir_of(params) / f"{params['graph']}.onnx"
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]

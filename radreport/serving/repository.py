@@ -7,6 +7,7 @@ engine is built from: names, data types and every fixed dimension.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import onnx
@@ -54,6 +55,36 @@ def io_problems(config: model_config_pb2.ModelConfig, graph: onnx.ModelProto) ->
     return problems
 
 
+def same_io(config: model_config_pb2.ModelConfig,
+            reference: model_config_pb2.ModelConfig) -> list[str]:
+    """A model's inputs and outputs against the CPU target's: clients see one interface."""
+    def io(c: model_config_pb2.ModelConfig) -> list[tuple[str, int, tuple[int, ...]]]:
+        return [(t.name, t.data_type, tuple(t.dims)) for t in [*c.input, *c.output]]
+    if io(config) != io(reference):
+        return [f"{config.name}: inputs/outputs differ from the CPU target's"]
+    return []
+
+
+def layout(target: str, out: Path) -> list[Path]:
+    """Write a model repository for a target: the CPU repository, GPU configs laid over it.
+
+    On the GPU target the graph models' ``1/`` folders are left for the ``model.plan``
+    engines that ``deploy/triton/build_trt_engines.sh`` builds on the serving GPU.
+    """
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty")
+    shutil.copytree(DEFAULT_REPOSITORY, out, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if target == "gpu":
+        for config in sorted(TARGETS["gpu"].glob("*/config.pbtxt")):
+            model = out / config.parent.name
+            if parse_config(config).platform == "tensorrt_plan":
+                shutil.rmtree(model)
+                (model / "1").mkdir(parents=True)
+            shutil.copyfile(config, model / "config.pbtxt")
+    return sorted(out.glob("*/config.pbtxt"))
+
+
 def check_target(target: str, model_dir: Path) -> list[str]:
     """Problems of every config of a target; graph models checked against their ONNX."""
     problems: list[str] = []
@@ -65,6 +96,9 @@ def check_target(target: str, model_dir: Path) -> list[str]:
             continue
         if config.name != path.parent.name:
             problems.append(f"{path}: name {config.name!r} is not its folder's")
+        cpu_config = DEFAULT_REPOSITORY / config.name / "config.pbtxt"
+        if config.backend == "python" and target != "cpu" and cpu_config.is_file():
+            problems += same_io(config, parse_config(cpu_config))
         graph = model_dir / f"{config.name}.onnx"
         if graph.is_file():  # an engine or a stand-in for one: must match its graph
             problems += io_problems(config, onnx.load(str(graph)))

@@ -12,7 +12,16 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from radreport.model.report import DEFAULT_MODEL_DIR, ModelInfo, model_files
-from radreport.serving.repository import TARGETS, check_target, io_problems, parse_config
+from radreport.serving.backend_config import execution_providers
+from radreport.serving.repository import (
+    DEFAULT_REPOSITORY,
+    TARGETS,
+    check_target,
+    io_problems,
+    layout,
+    parse_config,
+    same_io,
+)
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
@@ -22,11 +31,54 @@ def test_every_config_of_the_target_checks_clean(target: str) -> None:
 
 def test_gpu_target_is_tensorrt_on_the_gpu() -> None:
     configs = {p.parent.name: parse_config(p) for p in TARGETS["gpu"].glob("*/config.pbtxt")}
-    assert set(configs) == {"encoder", "decoder_step"}
+    assert set(configs) == {"encoder", "decoder_step", "radreport_report"}
     for config in configs.values():
-        assert config.platform == "tensorrt_plan"
         kinds = [group.kind for group in config.instance_group]
         assert kinds == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+    assert configs["encoder"].platform == configs["decoder_step"].platform == "tensorrt_plan"
+    # the whole-report model: same I/O as on the CPU, its loop on TensorRT through ONNX Runtime
+    report = configs["radreport_report"]
+    assert report.max_batch_size == 4  # the engines' optimization profiles: batch 1-4
+    params = {k: v.string_value for k, v in report.parameters.items()}
+    providers = execution_providers(params)
+    assert [p if isinstance(p, str) else p[0] for p in providers] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt_options = providers[0][1]
+    assert trt_options["trt_fp16_enable"] == "True"
+    assert "tokens:4x144" in trt_options["trt_profile_max_shapes"]
+
+
+def test_gpu_report_model_keeps_the_cpu_interface() -> None:
+    gpu = parse_config(TARGETS["gpu"] / "radreport_report" / "config.pbtxt")
+    cpu = parse_config(DEFAULT_REPOSITORY / "radreport_report" / "config.pbtxt")
+    assert same_io(gpu, cpu) == []
+    gpu.output[1].dims[0] = 13
+    assert same_io(gpu, cpu) == ["radreport_report: inputs/outputs differ from the CPU target's"]
+
+
+def test_no_providers_means_onnx_runtime_on_the_cpu() -> None:
+    assert execution_providers({}) == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_layout_writes_a_repository_for_the_target(target: str, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    configs = layout(target, out)
+    names = {c.parent.name for c in configs}
+    assert names == {"encoder", "decoder_step", "radreport_report", "radreport_report_bls"}
+    for model in ("encoder", "decoder_step"):
+        engine_slot = list((out / model / "1").iterdir())
+        if target == "gpu":  # left for model.plan, built on the GPU
+            assert engine_slot == []
+            assert parse_config(out / model / "config.pbtxt").platform == "tensorrt_plan"
+        else:
+            assert [p.name for p in engine_slot] == ["model.py"]
+    report = parse_config(out / "radreport_report" / "config.pbtxt")
+    expected = TARGETS[target] / "radreport_report" / "config.pbtxt"
+    assert report == parse_config(expected)
+    assert (out / "radreport_report" / "1" / "model.py").is_file()
+    with pytest.raises(FileExistsError):
+        layout(target, out)
 
 
 def test_a_typo_in_a_config_is_caught() -> None:
