@@ -10,16 +10,7 @@ setup:
 	@bash deploy/local/bootstrap.sh
 
 demo: setup
-	@rm -rf $(DEMO_DIR)
-	$(VENV)/bin/radreport phantoms --n 8 --size 512 --seed 0 --dicom --out $(DEMO_DIR)/phantoms
-	$(VENV)/bin/radreport contact-sheet $(DEMO_DIR)/phantoms --out $(DEMO_DIR)/contact_sheet.png --count 8
-	@echo
-	@head -n 1 $(DEMO_DIR)/phantoms/manifest.jsonl | $(PY) -c 'import json,sys; r=json.load(sys.stdin); print("Sample study", r["study_id"], "(" + r["view"] + ")"); print("FINDINGS:", r["findings_text"]); print("IMPRESSION:", r["impression_text"]); [print("  sentence:", s["text"], "-> box", s["box"], "(" + s["region"] + ")") for s in r["sentences"]]'
-	@echo
-	@echo "The shipped model's draft of the same study (boxes in image pixels):"
-	$(VENV)/bin/radreport draft $$(head -n 1 $(DEMO_DIR)/phantoms/manifest.jsonl | $(PY) -c 'import json,sys; print("$(DEMO_DIR)/phantoms/" + json.load(sys.stdin)["image"])')
-	@echo
-	@echo "Contact sheet: $(DEMO_DIR)/contact_sheet.png   studies, masks and DICOM: $(DEMO_DIR)/phantoms"
+	@DEMO_DIR=$(DEMO_DIR) RADREPORT_VENV=$(VENV) bash deploy/local/demo.sh
 
 test: setup
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)

@@ -275,6 +275,90 @@ def calibrate(
                    f"{folder}/calibration.flatbuffers (ONNX Runtime TensorRT provider)")
 
 
+@app.command()
+def up(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 180.0,
+) -> None:
+    """Start the local stack in the background: Redis, Triton, workers, gateway."""
+    from radreport.stack import LocalStack, StackConfig, StackError
+
+    stack = LocalStack(StackConfig.from_env())
+    try:
+        stack.up(timeout)
+    except StackError as err:
+        typer.echo(f"radreport up: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"radreport is up: gateway {stack.config.gateway_url} "
+               f"(API docs {stack.config.gateway_url}/docs), logs in {stack.logs}")
+    typer.echo("stop it with: radreport down")
+
+
+@app.command()
+def down() -> None:
+    """Stop the local stack that `radreport up` started."""
+    from radreport.stack import LocalStack, StackConfig
+
+    stack = LocalStack(StackConfig.from_env())
+    if not stack.pids():
+        typer.echo("radreport: no local stack is running")
+        return
+    stack.down()
+    typer.echo("radreport: stopped")
+
+
+@app.command()
+def report(
+    image: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                          help="A DICOM, PNG or JPEG chest radiograph.")],
+    study_id: Annotated[str | None, typer.Option(help="Default: the file's name.")] = None,
+    gateway: Annotated[str | None, typer.Option(help="Default: the local stack's.")] = None,
+    force: Annotated[bool, typer.Option(help="Generate again if a report exists.")] = False,
+    save: Annotated[Path | None, typer.Option(
+        help="Also save the report JSON, its FHIR bundle and overlays in this folder.")] = None,
+) -> None:
+    """Send one study to the gateway and print its grounded report."""
+    import httpx
+
+    from radreport.stack import StackConfig
+
+    base = gateway or StackConfig.from_env().gateway_url
+    study = study_id or image.stem.replace(" ", "_")[:64]
+    with image.open("rb") as handle:
+        response = httpx.post(f"{base}/api/v1/reports/generate", timeout=120,
+                              files={"file": (image.name, handle)},
+                              data={"study_id": study, "force": str(force).lower()})
+    body = response.json()
+    if response.status_code not in (200, 202):
+        typer.echo(f"HTTP {response.status_code}: {body.get('detail')}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"report {body['report_id']} ({body['status']}, model {body['model_version']})")
+    if body["status"] != "completed":
+        typer.echo(f"not finished yet; poll {base}/api/v1/reports/{body['report_id']}")
+        return
+    typer.echo(f"FINDINGS: {body['findings']}\nIMPRESSION: {body['impression']}")
+    for sentence in body["sentences"]:
+        typer.echo(f"  [{sentence['index']}] {sentence['text']} -> boxes {sentence['boxes']}")
+    for finding in body["findings_structured"]:
+        typer.echo(f"  finding {finding['finding']}: present={finding['present']} "
+                   f"confidence={finding['confidence']:.2f} critical={finding['is_critical']}")
+    typer.echo(f"confidence {body['confidence']}, radiologist review required: "
+               f"{body['requires_radiologist_review']} {body['review_reasons']}")
+    typer.echo(f"processing time {body['processing_time_ms']} ms")
+    typer.echo(f"FHIR:      {base}{body['fhir_url']}")
+    typer.echo(f"grounding: {base}{body['grounding_map_url']}")
+    for sentence in body["sentences"]:
+        typer.echo(f"overlay:   {base}{sentence['overlay_url']}")
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        (save / "report.json").write_text(response.text)
+        for name, url in (("fhir.json", body["fhir_url"]),
+                          ("grounding.json", body["grounding_map_url"]),
+                          *((f"overlay-{s['index']:02d}.png", s["overlay_url"])
+                            for s in body["sentences"])):
+            (save / name).write_bytes(httpx.get(f"{base}{url}", timeout=30).content)
+        typer.echo(f"saved the report, FHIR bundle, maps and overlays in {save}")
+
+
 @bench_app.command("phantoms")
 def bench_phantoms(
     count: Annotated[int, typer.Option(min=1)] = 1000,

@@ -6,12 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 VENV=${RADREPORT_VENV:-.venv}
-DEBIAN_PACKAGES=(dicom3tools dcmtk default-jre-headless)
+DEBIAN_PACKAGES=(dicom3tools dcmtk default-jre-headless redis-server)
 
 missing=()
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)  # pycocoevalcap
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # the stack's own broker
 if ((${#missing[@]})); then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
     echo "bootstrap: please install the Debian packages: ${DEBIAN_PACKAGES[*]}" >&2; exit 1

@@ -46,6 +46,7 @@ class TritonServer:
     metrics_port: int = field(default_factory=free_port)
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    models: tuple[str, ...] = ()  # load only these (explicit mode); empty: the whole repository
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,6 +68,8 @@ class TritonServer:
             "--http-address=127.0.0.1", f"--http-port={self.http_port}",
             "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}", "--exit-timeout-secs=5",
+            *(["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
+              if self.models else []),
         ]
 
     def environment(self) -> dict[str, str]:

@@ -40,17 +40,12 @@ class PatientMetadata(BaseModel):
     sex: Literal["M", "F", "O", "U"] | None = None
 
 
-class GenerateRequest(BaseModel):
-    """The JSON body of ``POST /api/v1/reports/generate`` (our design docs, section 4.2)."""
+class ReportRequestBase(BaseModel):
+    """What a client says about a study, whatever way its image arrives."""
 
     model_config = ConfigDict(extra="forbid")
 
     study_id: StudyId
-    image_path: str | None = Field(
-        default=None, max_length=1024,
-        description="Path of a DICOM, PNG or JPEG file below the gateway's image root.")
-    image_url: HttpUrl | None = Field(
-        default=None, description="http(s) URL of the image, fetched by the gateway.")
     clinical_indication: str | None = Field(default=None, max_length=1000)
     patient_metadata: PatientMetadata | None = None
     subject_reference: str | None = Field(
@@ -59,6 +54,16 @@ class GenerateRequest(BaseModel):
     encounter_reference: str | None = Field(
         default=None, max_length=256, pattern=r"^Encounter/[A-Za-z0-9.-]+$")
     force: bool = Field(default=False, description="Generate again even if a report exists.")
+
+
+class GenerateRequest(ReportRequestBase):
+    """The JSON body of ``POST /api/v1/reports/generate`` (our design docs, section 4.2)."""
+
+    image_path: str | None = Field(
+        default=None, max_length=1024,
+        description="Path of a DICOM, PNG or JPEG file below the gateway's image root.")
+    image_url: HttpUrl | None = Field(
+        default=None, description="http(s) URL of the image, fetched by the gateway.")
 
     @model_validator(mode="after")
     def _one_image_source(self) -> GenerateRequest:

@@ -1,0 +1,231 @@
+"""The local stack as plain processes: Redis, tritonserver, one worker per stage, the gateway.
+
+``radreport up`` starts it in the background (state in ``<run_dir>/stack.json``, logs in
+``<run_dir>/logs/``) and ``radreport down`` stops it; the integration tests start the same
+stack on free loopback ports in a temporary folder. Ports and paths come from
+``RADREPORT_*`` variables, defaulting to the embedded local setup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from radreport.serving.tritonserver import DEFAULT_INSTALL, PROJECT_ROOT, TritonServer, free_port
+
+WORKER_SERVICES = ("preprocess", "inference", "grounding", "fhir")
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass
+class StackConfig:
+    run_dir: Path
+    data_dir: Path
+    gateway_port: int = 8080
+    redis_port: int = 6380  # not 6379: a machine's own Redis may be there
+    triton_grpc_port: int = 8001
+    triton_http_port: int = 8000
+    triton_metrics_port: int = 8002
+    triton_install: Path = DEFAULT_INSTALL
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> StackConfig:
+        var = PROJECT_ROOT / "var"
+        return cls(run_dir=Path(os.environ.get("RADREPORT_RUN_DIR", var / "run")),
+                   data_dir=Path(os.environ.get("RADREPORT_DATA_DIR", var / "data")),
+                   gateway_port=_env_int("RADREPORT_GATEWAY_PORT", 8080),
+                   redis_port=_env_int("RADREPORT_REDIS_PORT", 6380),
+                   triton_grpc_port=_env_int("RADREPORT_TRITON_GRPC_PORT", 8001),
+                   triton_http_port=_env_int("RADREPORT_TRITON_HTTP_PORT", 8000),
+                   triton_metrics_port=_env_int("RADREPORT_TRITON_METRICS_PORT", 8002),
+                   triton_install=Path(os.environ.get("RADREPORT_TRITON_INSTALL",
+                                                      DEFAULT_INSTALL)))
+
+    @classmethod
+    def on_free_ports(cls, root: Path) -> StackConfig:
+        return cls(run_dir=root / "run", data_dir=root / "data", gateway_port=free_port(),
+                   redis_port=free_port(), triton_grpc_port=free_port(),
+                   triton_http_port=free_port(), triton_metrics_port=free_port())
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def environment(self) -> dict[str, str]:
+        """What every service process is started with."""
+        return {**os.environ,
+                "RADREPORT_DATA_DIR": str(self.data_dir),
+                "RADREPORT_REDIS_URL": self.redis_url,
+                "RADREPORT_TRITON_URL": f"127.0.0.1:{self.triton_grpc_port}",
+                "RADREPORT_PUBLIC_BASE_URL": self.gateway_url,
+                "RADREPORT_GATEWAY_HOST": "127.0.0.1",
+                "RADREPORT_GATEWAY_PORT": str(self.gateway_port),
+                "RADREPORT_GATEWAY_IMAGE_ROOT": os.environ.get(
+                    "RADREPORT_GATEWAY_IMAGE_ROOT", str(self.data_dir / "images")),
+                **self.extra_env}
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+class LocalStack:
+    """Start, find and stop the stack's processes; a context manager for tests."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.state_file = config.run_dir / "stack.json"
+        self.logs = config.run_dir / "logs"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str],
+               cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=cwd or PROJECT_ROOT, start_new_session=True)
+        self.processes[name] = process
+        self._save()
+        return process
+
+    def _save(self) -> None:
+        self.state_file.write_text(json.dumps({n: p.pid for n, p in self.processes.items()}))
+
+    def start_redis(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise StackError("redis-server not found: run `make setup` (Debian redis-server)")
+        redis_dir = self.config.data_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        self._spawn("redis", [binary, "--port", str(self.config.redis_port), "--bind",
+                              "127.0.0.1", "--dir", str(redis_dir), "--appendonly", "yes",
+                              "--save", "", "--protected-mode", "yes"], dict(os.environ))
+
+    def start_triton(self) -> None:
+        server = TritonServer(install=self.config.triton_install,
+                              http_port=self.config.triton_http_port,
+                              grpc_port=self.config.triton_grpc_port,
+                              metrics_port=self.config.triton_metrics_port,
+                              models=("radreport_report",), env=self.config.extra_env)
+        if not server.binary.is_file():
+            raise StackError(f"{server.binary} not found: run `make setup`")
+        self._spawn("triton", server.command(), server.environment(), cwd=server.install)
+
+    def start_workers(self) -> None:
+        env = self.config.environment()
+        for service in WORKER_SERVICES:
+            self._spawn(f"worker-{service}", [sys.executable, "-m", f"services.{service}"], env)
+
+    def start_gateway(self) -> None:
+        self._spawn("gateway", [sys.executable, "-m", "services.gateway"],
+                    self.config.environment())
+
+    def up(self, timeout: float = 180.0) -> None:
+        """Start everything and wait until the gateway says it is ready."""
+        if self.running():
+            raise StackError(f"a stack is already running (state in {self.state_file})")
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_redis()
+            self.start_triton()
+            self.start_workers()
+            self.start_gateway()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.down()
+            raise
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise StackError(f"{name} exited with {process.returncode}; see "
+                                     f"{self.logs / (name + '.log')}")
+            if _http_ok(f"{self.config.gateway_url}/readyz"):
+                return
+            time.sleep(0.5)
+        raise StackError(f"the stack was not ready after {timeout:.0f} s; logs in {self.logs}")
+
+    def pids(self) -> dict[str, int]:
+        if self.processes:
+            return {n: p.pid for n, p in self.processes.items()}
+        if self.state_file.is_file():
+            return {str(k): int(v) for k, v in json.loads(self.state_file.read_text()).items()}
+        return {}
+
+    def running(self) -> bool:
+        return any(_alive(pid) for pid in self.pids().values())
+
+    def down(self, timeout: float = 20.0) -> None:
+        """Stop the gateway first, then workers (they finish their task), Triton, Redis."""
+        pids = self.pids()
+        order = ["gateway", *(f"worker-{s}" for s in WORKER_SERVICES), "triton", "redis"]
+        for name in sorted(pids, key=lambda n: order.index(n) if n in order else 0):
+            _stop_group(pids[name], timeout)
+            if name in self.processes:
+                self.processes[name].wait()
+        self.processes.clear()
+        self.state_file.unlink(missing_ok=True)
+
+    def __enter__(self) -> LocalStack:
+        self.up()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.down()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_group(pid: int, timeout: float) -> None:
+    """SIGTERM the process group (a worker and its pool), SIGKILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5)
+        while time.monotonic() < deadline:
+            try:
+                reaped, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                reaped = 0
+            if reaped or not _alive(pid):
+                return
+            time.sleep(0.1)

@@ -1,0 +1,34 @@
+"""The whole pipeline in one place: ingest, preprocess, infer, ground, format+store, notify.
+
+Each stage is a Celery task on its own queue (``services.common.queue.STAGE_QUEUES``),
+implemented by its service and linked here into one chain per report:
+
+1. ingest (gateway or DICOM gateway): the image is written to the blob store and a report
+   row created, idempotently per study and model version; then ``submit``.
+2. ``radreport.preprocess`` (services.preprocess): decode DICOM/PNG/JPEG, refuse what is not
+   a chest radiograph, letterbox to the model input; blobs ``model_input.npy``,
+   ``display.npy``, ``preprocess.json``.
+3. ``radreport.infer`` (services.inference): one Triton request for the whole report;
+   grounding boxes mapped back to original pixels; blob ``draft.json``.
+4. ``radreport.ground`` (services.grounding): one overlay PNG per sentence, full size and
+   preview; blobs ``overlays/``, ``grounding.json``.
+5. ``radreport.format`` (services.fhir): structured findings, review flags, the FHIR
+   bundle (blob ``fhir.json``); the report is stored as completed, then waiters are notified.
+
+A stage that fails permanently (bad input) ends the chain with the report failed and its
+reason; see ``services.common.queue`` for retries, redelivery and dead-lettering.
+"""
+
+from __future__ import annotations
+
+from celery import chain
+
+from services.common.queue import app
+
+STAGES = ("preprocess", "infer", "ground", "format")
+
+
+def submit(report_id: str) -> None:
+    """Queue one report's chain; the message carries only its id."""
+    chain(*(app.signature(f"radreport.{stage}", args=(report_id,), immutable=True)
+            for stage in STAGES)).apply_async()

@@ -1,0 +1,147 @@
+"""The Celery app every service shares, and the one way a pipeline stage is made a task.
+
+Messages carry a report id only, never pixels or report text. Tasks are acknowledged after
+they finish (``acks_late``) and rejected back to the queue when their worker dies
+(``reject_on_worker_lost``), so a crash loses nothing; a stage that is delivered again finds
+its inputs by report id and redoes only that stage, writing its outputs atomically. A
+stage that keeps failing is dead-lettered after ``max_attempts`` deliveries: the report is
+marked failed with the reason, and the message is kept in a Redis list for operators.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import redis
+from celery import Celery, Task
+from celery.exceptions import Ignore, MaxRetriesExceededError
+from kombu import Queue
+
+from services.common.blobs import BlobStore
+from services.common.schemas import ReportStatus
+from services.common.settings import CommonSettings, get_common_settings
+from services.common.store import Report, Store, utcnow
+
+log = logging.getLogger(__name__)
+
+# stage -> queue; one queue per stage so each service scales on its own
+STAGE_QUEUES = {"preprocess": "preprocess", "infer": "inference", "ground": "grounding",
+                "format": "fhir"}
+TASK_MODULES = ["services.preprocess.tasks", "services.inference.tasks",
+                "services.grounding.tasks", "services.fhir.tasks"]
+DEAD_LETTER_KEY = "radreport:dead-letter"
+NOTIFY_CHANNEL = "radreport:reports"
+
+
+class PermanentError(Exception):
+    """Input this stage can never process (bad image, wrong modality): fail the report now.
+
+    The message is shown to clients, so it must carry no PHI.
+    """
+
+
+def make_celery(settings: CommonSettings) -> Celery:
+    app = Celery("radreport", broker=settings.redis_url, include=TASK_MODULES)
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
+        task_queues=[Queue(q) for q in STAGE_QUEUES.values()],
+        task_routes={f"radreport.{stage}": {"queue": q} for stage, q in STAGE_QUEUES.items()},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False, worker_send_task_events=False,
+    )
+    return app
+
+
+app = make_celery(get_common_settings())
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets: its report and the stores, opened once per worker."""
+
+    report: Report
+    store: Store
+    blobs: BlobStore
+    settings: CommonSettings
+
+
+@cache
+def stores() -> tuple[Store, BlobStore]:
+    settings = get_common_settings()
+    return Store(settings.sqlalchemy_url), BlobStore(settings.blobs)
+
+
+@cache
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(get_common_settings().redis_url)
+
+
+def notify(report_id: str, status: str) -> None:
+    """Tell waiters (the gateway, the DICOM gateway) that a report finished."""
+    try:
+        redis_client().publish(NOTIFY_CHANNEL, json.dumps({"report_id": report_id,
+                                                           "status": status}))
+    except redis.RedisError:
+        log.warning("could not publish the completion of %s", report_id)
+
+
+def dead_letter(report_id: str, stage: str, reason: str) -> None:
+    store, _ = stores()
+    if store.set_status(report_id, ReportStatus.failed, reason):
+        notify(report_id, ReportStatus.failed.value)
+    redis_client().rpush(DEAD_LETTER_KEY, json.dumps({
+        "report_id": report_id, "stage": stage, "reason": reason, "at": utcnow().isoformat()}))
+    log.error("dead-lettered %s at %s: %s", report_id, stage, reason)
+
+
+StageFunction = Callable[[StageContext], None]
+
+
+def stage_task(stage: str, status: ReportStatus) -> Callable[[StageFunction], Task]:
+    """Make ``fn(ctx)`` the Celery task of one stage, with retries and dead-lettering.
+
+    Attempts are counted per delivery in the store, so redeliveries after a lost worker
+    count too: a message that kills its worker every time is dead-lettered, not looped.
+    """
+    def register(fn: StageFunction) -> Task:
+        @app.task(name=f"radreport.{stage}", bind=True, max_retries=None)
+        def run(self: Task, report_id: str) -> str:
+            settings = get_common_settings()
+            store, blobs = stores()
+            report = store.get(report_id)
+            if report is None or ReportStatus(report.status).finished:
+                raise Ignore()  # unknown, or finished by an earlier delivery: stop the chain
+            attempt = store.count_attempt(report_id, stage)
+            if attempt > settings.max_attempts:
+                dead_letter(report_id, stage, f"{stage} failed {settings.max_attempts} times")
+                raise Ignore()
+            store.set_status(report_id, status)
+            try:
+                fn(StageContext(report, store, blobs, settings))
+            except PermanentError as err:
+                if store.set_status(report_id, ReportStatus.failed, str(err)):
+                    notify(report_id, ReportStatus.failed.value)
+                raise Ignore() from err
+            except Exception as err:
+                if attempt >= settings.max_attempts:
+                    dead_letter(report_id, stage, f"{stage} failed {attempt} times, last with "
+                                f"{type(err).__name__}")
+                    raise Ignore() from err
+                log.warning("%s of %s failed (%s), attempt %d; retrying", stage, report_id,
+                            type(err).__name__, attempt)
+                try:
+                    raise self.retry(countdown=settings.retry_backoff_s * 2 ** (attempt - 1),
+                                     exc=err)
+                except MaxRetriesExceededError:
+                    dead_letter(report_id, stage, f"{stage} could not be retried")
+                    raise Ignore() from err
+            return report_id
+        return run
+    return register

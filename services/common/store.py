@@ -1,0 +1,253 @@
+"""The durable report store: reports, their status history and an append-only audit trail.
+
+SQLAlchemy over PostgreSQL in production and SQLite as the embedded default; the schema is
+owned by Alembic migrations (``services/common/migrations``), applied by ``Store.migrate``.
+
+Idempotency: a report's ``idempotency_key`` is ``study_id|model_version`` and is unique, so
+resubmitting a study finds the existing report; a forced regeneration clears the old
+report's key (it stays readable) and takes the key for the new one. Status changes are
+conditional updates, so a redelivered task can never move a finished report again.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from services.common.schemas import ReportStatus
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+FINISHED = (ReportStatus.completed.value, ReportStatus.failed.value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_report_id() -> str:
+    return f"RPT-{secrets.token_hex(16)}"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Report(Base):
+    __tablename__ = "reports"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    study_id: Mapped[str] = mapped_column(String(128), index=True)
+    model_version: Mapped[str] = mapped_column(String(128))
+    idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)  # what the client asked, no pixels
+    source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # input blob, format, UIDs
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    processing_time_ms: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)  # per stage
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StatusChange(Base):
+    __tablename__ = "report_status_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    report_id: Mapped[str] = mapped_column(ForeignKey("reports.id"), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who did what to which resource, when, from where, and how it ended. Never updated."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))  # create | read | update | sign | export
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    outcome: Mapped[str] = mapped_column(String(32))  # success | denied | not_found | error
+    client: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE matched (a CursorResult's count; typed loosely by SQLAlchemy)."""
+    return int(result.rowcount)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL and a busy timeout: the gateway and every worker write the same file."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent; safe on every start)."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
+    # --- reports --------------------------------------------------------------------
+
+    def create_or_get(self, study_id: str, model_version: str, request: dict[str, Any],
+                      force: bool = False) -> tuple[Report, bool]:
+        """The study's current report for this model, or a new queued one; (report, created)."""
+        key = f"{study_id}|{model_version}"
+        for _ in range(3):  # a concurrent create of the same study wins; we then read it
+            try:
+                with self.session() as session:
+                    existing = session.scalars(
+                        select(Report).where(Report.idempotency_key == key)).first()
+                    if existing is not None and not force:
+                        return existing, False
+                    if existing is not None:
+                        existing.idempotency_key = None
+                        session.flush()
+                    now = utcnow()
+                    report = Report(id=new_report_id(), study_id=study_id,
+                                    model_version=model_version, idempotency_key=key,
+                                    status=ReportStatus.queued.value, request=request, source={},
+                                    attempts={}, created_at=now, updated_at=now)
+                    session.add(report)
+                    session.add(StatusChange(report_id=report.id, status=report.status, at=now))
+                    return report, True
+            except IntegrityError:
+                continue
+        raise RuntimeError("could not create or find the study's report")
+
+    def get(self, report_id: str) -> Report | None:
+        with self.session() as session:
+            return session.get(Report, report_id)
+
+    def list_for_study(self, study_id: str) -> list[Report]:
+        with self.session() as session:
+            return list(session.scalars(select(Report).where(Report.study_id == study_id)
+                                        .order_by(Report.created_at)))
+
+    def set_source(self, report_id: str, source: dict[str, Any]) -> None:
+        with self.session() as session:
+            session.execute(update(Report).where(Report.id == report_id)
+                            .values(source=source, updated_at=utcnow()))
+
+    def set_status(self, report_id: str, status: ReportStatus, reason: str | None = None) -> bool:
+        """Move an unfinished report to ``status``; False if it was already finished."""
+        values: dict[str, Any] = {"status": status.value, "status_reason": reason,
+                                  "updated_at": utcnow()}
+        if status.finished:
+            values["completed_at"] = values["updated_at"]
+        with self.session() as session:
+            changed = _rowcount(session.execute(
+                update(Report).where(Report.id == report_id, Report.status.not_in(FINISHED))
+                .values(**values)))
+            if changed:
+                session.add(StatusChange(report_id=report_id, status=status.value,
+                                         reason=reason, at=values["updated_at"]))
+            return bool(changed)
+
+    def complete(self, report_id: str, result: dict[str, Any], processing_time_ms: int) -> bool:
+        """Store the finished report once; a second completion (redelivery) changes nothing."""
+        now = utcnow()
+        with self.session() as session:
+            changed = _rowcount(session.execute(
+                update(Report).where(Report.id == report_id, Report.status.not_in(FINISHED))
+                .values(status=ReportStatus.completed.value, status_reason=None, result=result,
+                        processing_time_ms=processing_time_ms, updated_at=now,
+                        completed_at=now)))
+            if changed:
+                session.add(StatusChange(report_id=report_id,
+                                         status=ReportStatus.completed.value, at=now))
+            return bool(changed)
+
+    def count_attempt(self, report_id: str, stage: str) -> int:
+        """One more attempt at ``stage`` (deliveries, including after a lost worker)."""
+        with self.session() as session:
+            report = session.get(Report, report_id, with_for_update=True)
+            if report is None:
+                raise KeyError(report_id)
+            attempts = dict(report.attempts or {})
+            attempts[stage] = attempts.get(stage, 0) + 1
+            report.attempts = attempts
+            return attempts[stage]
+
+    def history(self, report_id: str) -> list[StatusChange]:
+        with self.session() as session:
+            return list(session.scalars(select(StatusChange)
+                                        .where(StatusChange.report_id == report_id)
+                                        .order_by(StatusChange.id)))
+
+    # --- audit ----------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, resource_type: str, resource_id: str | None,
+              outcome: str, client: str | None = None, detail: str | None = None) -> None:
+        with self.session() as session:
+            session.add(AuditEvent(actor=actor, action=action, resource_type=resource_type,
+                                   resource_id=resource_id, outcome=outcome, client=client,
+                                   detail=detail, at=utcnow()))
+
+    def audit_events(self, resource_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
+        with self.session() as session:
+            query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+            if resource_id is not None:
+                query = query.where(AuditEvent.resource_id == resource_id)
+            return list(session.scalars(query))

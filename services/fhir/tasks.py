@@ -1,0 +1,50 @@
+"""The last stage: structured findings, review flags, FHIR; then store and notify."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from services.common.metrics import REPORTS_FINISHED
+from services.common.queue import StageContext, notify, stage_task
+from services.common.schemas import Draft, ImageQuality, ReportStatus
+from services.common.store import utcnow
+from services.fhir.findings import ReviewPolicy, agreement, review_reasons, structured_findings
+from services.fhir.report import FhirContext, build_bundle
+from services.fhir.settings import get_fhir_settings
+
+
+@stage_task("format", ReportStatus.formatting)
+def format_report(ctx: StageContext) -> None:
+    report = ctx.report
+    settings = get_fhir_settings()
+    policy = ReviewPolicy(settings.present_threshold, settings.low_confidence)
+    draft = Draft.model_validate(ctx.blobs.get_json(report.id, "draft.json"))
+    quality = ImageQuality(**ctx.blobs.get_json(report.id, "preprocess.json")["quality"])
+    findings = structured_findings(draft, policy)
+    reasons = review_reasons(draft, quality, policy)
+    api = f"{ctx.settings.public_base_url}/api/v1"
+    overlays = [f"{api}/reports/{report.id}/sentences/{i}/overlay.png"
+                for i in range(len(draft.sentences))]
+    issued = utcnow()
+    bundle = build_bundle(draft, findings, overlays, FhirContext(
+        report_id=report.id, study_id=report.study_id,
+        study_instance_uid=report.source.get("study_instance_uid"),
+        subject_reference=report.request.get("subject_reference"),
+        encounter_reference=report.request.get("encounter_reference"),
+        issued=issued, effective=None, base_url=api, software_name="radreport",
+        software_version=version("radreport")))
+    ctx.blobs.put_json(report.id, "fhir.json", bundle)
+    result = {
+        "findings": draft.findings, "impression": draft.impression,
+        "sentences": [{"text": s.text, "section": s.section, "boxes": s.boxes,
+                       "labels": s.labels} for s in draft.sentences],
+        "findings_structured": [f.model_dump(mode="json") for f in findings],
+        "confidence": agreement(draft), "requires_radiologist_review": bool(reasons),
+        "review_reasons": reasons, "attention_entropy": draft.attention_entropy,
+        "inference_ms": round(draft.inference_ms, 1),
+    }
+    elapsed_ms = int((issued - report.created_at.replace(tzinfo=issued.tzinfo)).total_seconds()
+                     * 1000)
+    if ctx.store.complete(report.id, result, elapsed_ms):
+        REPORTS_FINISHED.labels(ReportStatus.completed.value).inc()
+        notify(report.id, ReportStatus.completed.value)

@@ -1,0 +1,109 @@
+"""Getting a study's image into the blob store safely: path, URL or upload.
+
+Everything here refuses bad input before a report exists: a path outside the image root
+(including through a symlink), a download or upload over the size cap, bytes that are not
+DICOM, PNG or JPEG, and a DICOM that is not a chest radiograph or declares too many pixels
+(read from its header only, before any pixel is decoded).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from services.preprocess.imaging import InputRefused, check_chest_radiograph, dicom_metadata
+
+ImageFormat = Literal["dicom", "png", "jpeg"]
+EXTENSIONS: dict[ImageFormat, str] = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}
+
+
+class IngestError(Exception):
+    """A refusal with its HTTP status; the message is safe to show (no PHI)."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def sniff(data: bytes) -> ImageFormat | None:
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    return None
+
+
+def resolve_image_path(root: Path, image_path: str) -> Path:
+    """``image_path`` (relative to the root, or absolute) if it resolves inside the root."""
+    if image_path.startswith(("s3://", "gs://", "http://", "https://")):
+        raise IngestError(422, "image_path must be a file path; use image_url for URLs",
+                          "bad_path")
+    base = root.resolve()
+    candidate = Path(image_path)
+    target = (candidate if candidate.is_absolute() else base / candidate).resolve()
+    if not target.is_relative_to(base):  # "..", absolute elsewhere, or a symlink out
+        raise IngestError(403, "image_path is outside the configured image root",
+                          "path_outside_root")
+    if not target.is_file():
+        raise IngestError(404, "image_path does not name a file below the image root",
+                          "path_not_found")
+    return target
+
+
+def read_capped(path: Path, max_bytes: int) -> bytes:
+    if path.stat().st_size > max_bytes:
+        raise IngestError(413, f"image is larger than {max_bytes} bytes", "too_large")
+    return path.read_bytes()
+
+
+def fetch_url(url: str, max_bytes: int, timeout_s: float) -> bytes:
+    """Download with a size cap and a deadline; a failed download is the client's 422."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=False) as response:
+            if response.status_code != 200:
+                raise IngestError(422, f"image_url answered HTTP {response.status_code}",
+                                  "fetch_failed")
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise IngestError(413, f"image is larger than {max_bytes} bytes",
+                                      "too_large")
+                chunks.append(chunk)
+    except httpx.HTTPError as err:
+        raise IngestError(422, f"image_url could not be fetched ({type(err).__name__})",
+                          "fetch_failed") from err
+    return b"".join(chunks)
+
+
+def check_image(data: bytes, max_pixels: int) -> tuple[ImageFormat, dict[str, object]]:
+    """The format, and for DICOM its non-PHI header attributes; refuses what we can't use."""
+    image_format = sniff(data)
+    if image_format is None:
+        raise IngestError(415, "the file is not DICOM (Part 10), PNG or JPEG", "unsupported_format")
+    if image_format != "dicom":
+        return image_format, {}
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except (InvalidDicomError, ValueError, EOFError, OSError) as err:
+        raise IngestError(422, "the DICOM file could not be parsed", "corrupt_dicom") from err
+    try:
+        metadata = dicom_metadata(ds)
+        check_chest_radiograph(metadata)
+        pixels = int(metadata.get("Rows") or 0) * int(metadata.get("Columns") or 0)
+        if pixels > max_pixels:
+            raise InputRefused("too_large", f"the image declares {pixels} pixels, more than "
+                               f"the limit of {max_pixels}")
+    except InputRefused as err:
+        status = 413 if err.reason == "too_large" else 422
+        raise IngestError(status, str(err), err.reason) from err
+    return image_format, metadata

@@ -1,0 +1,77 @@
+"""The FastAPI gateway: ``python -m services.gateway`` serves it with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+from radreport.model.report import DEFAULT_MODEL_DIR, MODEL_INFO_FILE, ModelInfo
+from radreport.serving.client import ReportClient
+from services.common.blobs import BlobStore
+from services.common.logs import configure_logging
+from services.common.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from services.common.settings import get_common_settings
+from services.common.store import Store
+from services.gateway.deps import Services
+from services.gateway.routes import health, reports
+from services.gateway.settings import get_gateway_settings
+
+
+def open_services() -> Services:
+    common, settings = get_common_settings(), get_gateway_settings()
+    store = Store(common.sqlalchemy_url)
+    store.migrate()
+    info = ModelInfo.load((settings.model_dir or DEFAULT_MODEL_DIR) / MODEL_INFO_FILE)
+    settings.image_root.mkdir(parents=True, exist_ok=True)
+    return Services(common=common, settings=settings, store=store,
+                    blobs=BlobStore(common.blobs), redis=aioredis.from_url(common.redis_url),
+                    triton=ReportClient(common.triton_url, common.triton_model, timeout_s=2.0,
+                                        retries=0),
+                    model_version=info.model_version)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    app.state.services = open_services()
+    yield
+    await app.state.services.redis.aclose()
+    app.state.services.triton.close()
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="radreport gateway", version="1.0.0", lifespan=lifespan,
+                  description="Grounded chest X-ray report drafts. Not for clinical use: "
+                              "the shipped model is trained on synthetic phantoms.")
+    app.include_router(reports.router)
+    app.include_router(health.router)
+
+    @app.middleware("http")
+    async def record_metrics(request: Request,
+                             call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")  # templates only: no ids in labels
+        HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - start)
+        HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+        return response
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = get_gateway_settings()
+    parser = argparse.ArgumentParser(description="Run the radreport API gateway.")
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--loglevel", default="info")
+    args = parser.parse_args(argv)
+    configure_logging(args.loglevel)
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_config=None,
+                access_log=False)

@@ -1,0 +1,43 @@
+"""Liveness, readiness (Redis, Triton, store) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.gateway.deps import ServicesDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process answers; says nothing of its dependencies."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Ready when Redis, Triton (model loaded) and the store all answer; 503 otherwise."""
+    checks: dict[str, str] = {}
+    try:
+        await services.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as err:  # any failure means not ready; say which kind
+        checks["redis"] = type(err).__name__
+    checks["triton"] = "ok" if await run_in_threadpool(services.triton.ready) else "not ready"
+    try:
+        await run_in_threadpool(services.store.ping)
+        checks["store"] = "ok"
+    except Exception as err:
+        checks["store"] = type(err).__name__
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,260 @@
+"""``/api/v1/reports`` and ``/api/v1/studies``: generate, read, and the report's parts.
+
+Every read and create is audited (who, what, when, from where, outcome). Error bodies carry
+our own messages, never header text or other PHI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from services.common.metrics import INPUT_REJECTED, STUDIES_INGESTED
+from services.common.pipeline import submit
+from services.common.queue import NOTIFY_CHANNEL
+from services.common.schemas import (
+    GenerateRequest,
+    PatientMetadata,
+    ReportPublic,
+    ReportRequestBase,
+    ReportStatus,
+    ReportSummary,
+)
+from services.common.store import Report
+from services.gateway.deps import ActorDep, ClientDep, Services, ServicesDep
+from services.gateway.ingest import (
+    EXTENSIONS,
+    IngestError,
+    check_image,
+    fetch_url,
+    read_capped,
+    resolve_image_path,
+)
+from services.gateway.views import report_url, to_public, to_summary
+
+router = APIRouter(prefix="/api/v1", tags=["reports"])
+
+GENERATE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": GenerateRequest.model_json_schema()},
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": ["study_id", "file"],
+        "properties": {
+            "file": {"type": "string", "format": "binary",
+                     "description": "A DICOM (Part 10), PNG or JPEG image"},
+            "study_id": {"type": "string"}, "clinical_indication": {"type": "string"},
+            "patient_age": {"type": "integer"}, "patient_sex": {"type": "string"},
+            "force": {"type": "boolean"}}}}}}}
+
+
+async def _parse_generate(request: Request, services: Services,
+                          ) -> tuple[ReportRequestBase, bytes]:
+    """The request's fields and image bytes, from JSON (path or URL) or a multipart upload."""
+    content_type = request.headers.get("content-type", "")
+    settings = services.settings
+    if content_type.startswith("application/json"):
+        try:
+            body = GenerateRequest.model_validate_json(await request.body())
+        except ValidationError as err:
+            raise RequestValidationError(err.errors(include_url=False, include_input=False),
+                                         ) from err
+        if body.image_path is not None:
+            path = resolve_image_path(settings.image_root, body.image_path)
+            data = await run_in_threadpool(read_capped, path, settings.max_upload_bytes)
+        else:
+            data = await run_in_threadpool(fetch_url, str(body.image_url),
+                                           settings.max_upload_bytes, settings.fetch_timeout_s)
+        fields = body.model_dump(exclude={"image_path", "image_url"})
+        return ReportRequestBase(**fields), data
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise IngestError(422, "multipart upload needs a 'file' part", "missing_file")
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise IngestError(413, f"image is larger than {settings.max_upload_bytes} bytes",
+                              "too_large")
+        text = {k: v for k, v in form.items() if isinstance(v, str) and v}
+        age, sex = text.get("patient_age"), text.get("patient_sex")
+        try:
+            return ReportRequestBase(
+                study_id=text.get("study_id", ""),
+                clinical_indication=text.get("clinical_indication"),
+                patient_metadata=PatientMetadata.model_validate({"age": age, "sex": sex})
+                if age or sex else None,
+                force=text.get("force", "false").lower() in ("1", "true", "yes"),
+            ), data
+        except ValidationError as err:
+            raise RequestValidationError(err.errors(include_url=False, include_input=False),
+                                         ) from err
+    raise IngestError(415, "send application/json or multipart/form-data", "unsupported_media")
+
+
+async def _wait_finished(services: Services, report_id: str, timeout_s: float) -> Report:
+    """The report once finished, or as it stands after ``timeout_s``."""
+    pubsub = services.redis.pubsub()
+    await pubsub.subscribe(NOTIFY_CHANNEL)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            report = await run_in_threadpool(services.store.get, report_id)
+            assert report is not None
+            remaining = deadline - loop.time()
+            if ReportStatus(report.status).finished or remaining <= 0:
+                return report
+            while remaining > 0:  # wake on this report's notice, or re-check each second
+                message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                   timeout=min(1.0, remaining))
+                if message is None or json.loads(message["data"])["report_id"] == report_id:
+                    break
+                remaining = deadline - loop.time()
+    finally:
+        await pubsub.unsubscribe(NOTIFY_CHANNEL)
+        await pubsub.aclose()
+
+
+def _answer(report: Report) -> JSONResponse:
+    public = to_public(report)
+    body = public.model_dump(mode="json")
+    if report.status == ReportStatus.completed:
+        return JSONResponse(body, status_code=status.HTTP_200_OK)
+    if report.status == ReportStatus.failed:
+        return JSONResponse({"detail": report.status_reason or "report generation failed",
+                             **body}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED,
+                        headers={"Location": report_url(report.id)})
+
+
+@router.post(
+    "/reports/generate", openapi_extra=GENERATE_BODY, response_model=ReportPublic,
+    responses={202: {"description": "Accepted; poll the Location", "model": ReportPublic},
+               403: {"description": "image_path outside the image root"},
+               413: {"description": "Image too large"},
+               415: {"description": "Not DICOM, PNG or JPEG"},
+               422: {"description": "Invalid request, or an image we cannot report on"}})
+async def generate_report(request: Request, services: ServicesDep, actor: ActorDep,
+                          client: ClientDep,
+                          prefer: Annotated[str | None, Header()] = None) -> JSONResponse:
+    """Draft a grounded report for one study.
+
+    Synchronous by default: waits up to the configured time for the report, then answers
+    202 with a ``Location``. ``Prefer: respond-async`` answers 202 at once. Resubmitting a
+    study returns its existing report for this model unless ``force`` is true.
+    """
+    try:
+        fields, data = await _parse_generate(request, services)
+        image_format, metadata = await run_in_threadpool(
+            check_image, data, services.settings.max_pixels)
+    except IngestError as err:
+        INPUT_REJECTED.labels(err.reason).inc()
+        await run_in_threadpool(services.store.audit, actor, "create", "report", None,
+                                "refused", client, err.reason)
+        return JSONResponse({"detail": str(err), "reason": err.reason}, status_code=err.status)
+    report, created = await run_in_threadpool(
+        services.store.create_or_get, fields.study_id, services.model_version,
+        fields.model_dump(mode="json", exclude={"force"}), fields.force)
+    if created:
+        name = f"input.{EXTENSIONS[image_format]}"
+        await run_in_threadpool(services.blobs.put_bytes, report.id, name, data)
+        source = {"blob": name, "format": image_format,
+                  "study_instance_uid": metadata.get("StudyInstanceUID"),
+                  "sop_instance_uid": metadata.get("SOPInstanceUID")}
+        await run_in_threadpool(services.store.set_source, report.id, source)
+        await run_in_threadpool(submit, report.id)
+        STUDIES_INGESTED.labels("api").inc()
+    await run_in_threadpool(services.store.audit, actor, "create" if created else "read",
+                            "report", report.id, "success", client)
+    wants_async = prefer is not None and "respond-async" in prefer.lower()
+    if not wants_async and not ReportStatus(report.status).finished:
+        report = await _wait_finished(services, report.id, services.settings.sync_wait_s)
+    return _answer(report)
+
+
+async def _readable(services: Services, report_id: str, actor: str, client: str | None,
+                    what: str) -> Report:
+    report = None
+    if report_id.startswith("RPT-") and len(report_id) <= 40:
+        report = await run_in_threadpool(services.store.get, report_id)
+    await run_in_threadpool(services.store.audit, actor, "read", what,
+                            report_id if report else None,
+                            "success" if report else "not_found", client)
+    if report is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no report with this id")
+    return report
+
+
+def _completed(report: Report) -> None:
+    if report.status != ReportStatus.completed:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"the report is {report.status}, not completed")
+
+
+@router.get("/reports/{report_id}", response_model=ReportPublic,
+            responses={404: {"description": "Unknown report"}})
+async def get_report(report_id: str, services: ServicesDep, actor: ActorDep,
+                     client: ClientDep) -> ReportPublic:
+    return to_public(await _readable(services, report_id, actor, client, "report"))
+
+
+@router.get("/reports/{report_id}/fhir",
+            responses={200: {"content": {"application/fhir+json": {}}},
+                       404: {"description": "Unknown report"},
+                       409: {"description": "Not completed yet"}})
+async def get_report_fhir(report_id: str, services: ServicesDep, actor: ActorDep,
+                          client: ClientDep) -> Response:
+    """The report as an HL7 FHIR R4 Bundle: DiagnosticReport, Observations, Provenance."""
+    report = await _readable(services, report_id, actor, client, "fhir")
+    _completed(report)
+    data = await run_in_threadpool(services.blobs.path(report.id, "fhir.json").read_bytes)
+    return Response(data, media_type="application/fhir+json")
+
+
+@router.get("/reports/{report_id}/grounding",
+            responses={404: {"description": "Unknown report"},
+                       409: {"description": "Not completed yet"}})
+async def get_report_grounding(report_id: str, services: ServicesDep, actor: ActorDep,
+                               client: ClientDep) -> Response:
+    """Per-sentence grounding maps over the model input, the letterbox, and boxes."""
+    report = await _readable(services, report_id, actor, client, "grounding")
+    _completed(report)
+    data = await run_in_threadpool(services.blobs.path(report.id, "grounding.json").read_bytes)
+    return Response(data, media_type="application/json")
+
+
+@router.get("/reports/{report_id}/sentences/{index}/overlay.png",
+            response_class=FileResponse,
+            responses={200: {"content": {"image/png": {}}},
+                       404: {"description": "Unknown report or sentence"},
+                       409: {"description": "Not completed yet"}})
+async def get_sentence_overlay(report_id: str, index: int, services: ServicesDep,
+                               actor: ActorDep, client: ClientDep,
+                               size: Annotated[str, Query(pattern="^(full|preview)$")] = "full",
+                               ) -> FileResponse:
+    """The sentence's heatmap and boxes on the image, full size or as a preview."""
+    report = await _readable(services, report_id, actor, client, "overlay")
+    _completed(report)
+    suffix = ".preview.png" if size == "preview" else ".png"
+    path = services.blobs.path(report.id, f"overlays/sentence-{index:02d}{suffix}")
+    if index < 0 or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no sentence with this index")
+    return FileResponse(path, media_type="image/png")
+
+
+@router.get("/studies/{study_id}/reports", response_model=list[ReportSummary])
+async def list_study_reports(study_id: str, services: ServicesDep, actor: ActorDep,
+                             client: ClientDep) -> list[ReportSummary]:
+    """Every report of a study, oldest first (forced regenerations included)."""
+    reports = await run_in_threadpool(services.store.list_for_study, study_id[:128])
+    await run_in_threadpool(services.store.audit, actor, "read", "study_reports",
+                            reports[0].study_id if reports else None,
+                            "success" if reports else "not_found", client)
+    return [to_summary(r) for r in reports]

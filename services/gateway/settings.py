@@ -1,0 +1,33 @@
+"""Gateway settings (env prefix ``RADREPORT_GATEWAY_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.settings import PROJECT_ROOT
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RADREPORT_GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    image_root: Path = Field(default=PROJECT_ROOT / "var" / "images",
+                             description="image_path must resolve below this folder")
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(default=4096 * 4096, gt=0,
+                            description="Images declaring more pixels are refused unread")
+    sync_wait_s: float = Field(default=30.0, ge=0,
+                               description="How long a synchronous generate waits, then 202")
+    fetch_timeout_s: float = Field(default=10.0, gt=0, description="image_url download limit")
+    model_dir: Path | None = Field(default=None,
+                                   description="Model folder Triton serves (its model.json)")
+
+
+@lru_cache
+def get_gateway_settings() -> GatewaySettings:
+    return GatewaySettings()

@@ -1,0 +1,53 @@
+"""Turn Triton's whole-report answer into our ``Draft``: grounding in original pixels.
+
+Triton sees only the square model input, so its boxes are in model pixels; the sentence
+maps are mapped back here through the letterbox preprocessing recorded, with the same
+``map_boxes`` the in-process generator uses, so served and offline boxes agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from radreport.data.labels import POSITIVE, UNCERTAIN
+from radreport.eval.labeler import label_sentence
+from radreport.model.grounding import Letterbox, map_boxes
+from services.common.schemas import Draft, DraftSentence, LetterboxInfo
+
+
+def stated_labels(text: str) -> list[str]:
+    """Findings a sentence asserts (positive or hedged), in the labeler's order."""
+    return [label for label, value in label_sentence(text).items()
+            if value in (POSITIVE, UNCERTAIN)]
+
+
+def attention_entropy(heatmap: np.ndarray) -> float:
+    """Shannon entropy (bits) of a normalised map: higher means less focused grounding."""
+    total = float(heatmap.sum())
+    if total <= 0:
+        return 0.0
+    p = heatmap[heatmap > 0] / total
+    return float(-(p * np.log2(p)).sum())
+
+
+def draft_from_served(served: dict[str, Any], letterbox: LetterboxInfo, box_threshold: float,
+                      inference_ms: float) -> Draft:
+    box = Letterbox(letterbox.size, letterbox.scale, letterbox.pad_x, letterbox.pad_y,
+                    tuple(letterbox.original_shape))  # type: ignore[arg-type]
+    sentences = []
+    entropies = []
+    for sentence in served["sentences"]:
+        heatmap = np.asarray(sentence["heatmap"], dtype=np.float32)
+        entropies.append(attention_entropy(heatmap))
+        sentences.append(DraftSentence(
+            text=sentence["text"], section=sentence["section"],
+            boxes=map_boxes(heatmap, box, box_threshold), heatmap=sentence["heatmap"],
+            labels=stated_labels(sentence["text"])))
+    return Draft(findings=served["findings"], impression=served["impression"],
+                 sentences=sentences, label_probs=served["label_probs"],
+                 token_ids=served["token_ids"], model_version=served["model_version"],
+                 letterbox=letterbox,
+                 attention_entropy=float(np.mean(entropies)) if entropies else None,
+                 inference_ms=inference_ms)

@@ -1,0 +1,42 @@
+"""The preprocessing stage: decode, check, letterbox; the image never leaves the blob store."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+from radreport.model.report import DEFAULT_MODEL_DIR, MODEL_INFO_FILE, ModelInfo
+from services.common.queue import PermanentError, StageContext, stage_task
+from services.common.schemas import LetterboxInfo, ReportStatus
+from services.preprocess.imaging import InputRefused, load_image, prepare_for_model
+from services.preprocess.settings import get_preprocess_settings
+
+
+@cache
+def model_input_size() -> int:
+    model_dir = get_preprocess_settings().model_dir or DEFAULT_MODEL_DIR
+    return ModelInfo.load(model_dir / MODEL_INFO_FILE).image_size
+
+
+@stage_task("preprocess", ReportStatus.preprocessing)
+def preprocess(ctx: StageContext) -> None:
+    settings = get_preprocess_settings()
+    report_id = ctx.report.id
+    path = ctx.blobs.path(report_id, ctx.report.source["blob"])
+    try:
+        decoded = load_image(path, max_pixels=settings.max_pixels)
+    except InputRefused as err:
+        raise PermanentError(str(err)) from err
+    model_input, letterbox = prepare_for_model(decoded, model_input_size(), clahe=settings.clahe)
+    ctx.blobs.put_array(report_id, "model_input.npy", model_input[None].astype(np.float32))
+    # what radiologists see (VOI applied), 16 bits, for the overlays
+    ctx.blobs.put_array(report_id, "display.npy",
+                        np.round(np.clip(decoded.display, 0, 1) * 65535).astype(np.uint16))
+    ctx.blobs.put_json(report_id, "preprocess.json", {
+        "letterbox": LetterboxInfo(size=letterbox.size, scale=letterbox.scale,
+                                   pad_x=letterbox.pad_x, pad_y=letterbox.pad_y,
+                                   original_shape=letterbox.original_shape).model_dump(),
+        "quality": decoded.quality.model_dump(),
+        "source_format": decoded.source_format,
+    })
