@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -22,6 +23,7 @@ from celery.exceptions import Ignore, MaxRetriesExceededError
 from kombu import Queue
 
 from services.common.blobs import BlobStore
+from services.common.metrics import STAGE_LATENCY
 from services.common.schemas import ReportStatus
 from services.common.settings import CommonSettings, get_common_settings
 from services.common.store import Report, Store, utcnow
@@ -123,13 +125,19 @@ def stage_task(stage: str, status: ReportStatus) -> Callable[[StageFunction], Ta
                 dead_letter(report_id, stage, f"{stage} failed {settings.max_attempts} times")
                 raise Ignore()
             store.set_status(report_id, status)
+            start = time.perf_counter()
             try:
                 fn(StageContext(report, store, blobs, settings))
+                elapsed = time.perf_counter() - start
+                store.record_timing(report_id, stage, elapsed * 1000)
+                STAGE_LATENCY.labels(stage, "success").observe(elapsed)
             except PermanentError as err:
+                STAGE_LATENCY.labels(stage, "refused").observe(time.perf_counter() - start)
                 if store.set_status(report_id, ReportStatus.failed, str(err)):
                     notify(report_id, ReportStatus.failed.value)
                 raise Ignore() from err
             except Exception as err:
+                STAGE_LATENCY.labels(stage, "error").observe(time.perf_counter() - start)
                 if attempt >= settings.max_attempts:
                     dead_letter(report_id, stage, f"{stage} failed {attempt} times, last with "
                                 f"{type(err).__name__}")

@@ -110,6 +110,8 @@ class ReportPublic(BaseModel):
     requires_radiologist_review: bool | None = None
     review_reasons: list[str] = Field(default_factory=list)
     processing_time_ms: int | None = None
+    stage_timings_ms: dict[str, float] = Field(
+        default_factory=dict, description="Time spent in each pipeline stage")
     model_version: str
     created_at: datetime
     updated_at: datetime

@@ -68,6 +68,7 @@ class Report(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     processing_time_ms: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)  # per stage
+    timings: Mapped[dict[str, float] | None] = mapped_column(JSON)  # ms per finished stage
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -229,6 +230,12 @@ class Store:
             attempts[stage] = attempts.get(stage, 0) + 1
             report.attempts = attempts
             return attempts[stage]
+
+    def record_timing(self, report_id: str, stage: str, milliseconds: float) -> None:
+        with self.session() as session:
+            report = session.get(Report, report_id, with_for_update=True)
+            if report is not None:
+                report.timings = {**(report.timings or {}), stage: round(milliseconds, 1)}
 
     def history(self, report_id: str) -> list[StatusChange]:
         with self.session() as session:

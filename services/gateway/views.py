@@ -36,7 +36,8 @@ def to_public(report: Report) -> ReportPublic:
         confidence=result.get("confidence"),
         requires_radiologist_review=result.get("requires_radiologist_review"),
         review_reasons=result.get("review_reasons", []),
-        processing_time_ms=report.processing_time_ms, model_version=report.model_version,
+        processing_time_ms=report.processing_time_ms,
+        stage_timings_ms=report.timings or {}, model_version=report.model_version,
         created_at=report.created_at, updated_at=report.updated_at)
 
 
