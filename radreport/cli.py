@@ -359,6 +359,19 @@ def report(
         typer.echo(f"saved the report, FHIR bundle, maps and overlays in {save}")
 
 
+@bench_app.command("stack")
+def bench_stack(
+    count: Annotated[int, typer.Option(min=2, help="Studies sent one at a time.")] = 20,
+    burst: Annotated[int, typer.Option(min=1, help="Studies posted at once.")] = 200,
+    size: Annotated[int, typer.Option(min=256, max=4096)] = 1024,
+) -> None:
+    """The whole stack end to end: latency, stage times, a burst, DICOM decoding."""
+    from radreport.bench.stack import run
+
+    for line in run(count=count, burst=burst, size=size):
+        typer.echo(line)
+
+
 @bench_app.command("phantoms")
 def bench_phantoms(
     count: Annotated[int, typer.Option(min=1)] = 1000,
