@@ -19,7 +19,6 @@ from pydicom.errors import InvalidDicomError
 from services.preprocess.imaging import InputRefused, check_chest_radiograph, dicom_metadata
 
 ImageFormat = Literal["dicom", "png", "jpeg"]
-EXTENSIONS: dict[ImageFormat, str] = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}
 
 
 class IngestError(Exception):

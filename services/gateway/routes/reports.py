@@ -17,8 +17,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from services.common.metrics import INPUT_REJECTED, STUDIES_INGESTED
-from services.common.pipeline import submit
+from services.common.intake import accept_study
+from services.common.metrics import INPUT_REJECTED
 from services.common.queue import NOTIFY_CHANNEL
 from services.common.schemas import (
     GenerateRequest,
@@ -31,7 +31,6 @@ from services.common.schemas import (
 from services.common.store import Report
 from services.gateway.deps import ActorDep, ClientDep, Services, ServicesDep
 from services.gateway.ingest import (
-    EXTENSIONS,
     IngestError,
     check_image,
     fetch_url,
@@ -159,18 +158,11 @@ async def generate_report(request: Request, services: ServicesDep, actor: ActorD
         await run_in_threadpool(services.store.audit, actor, "create", "report", None,
                                 "refused", client, err.reason)
         return JSONResponse({"detail": str(err), "reason": err.reason}, status_code=err.status)
-    report, created = await run_in_threadpool(
-        services.store.create_or_get, fields.study_id, services.model_version,
-        fields.model_dump(mode="json", exclude={"force"}), fields.force)
-    if created:
-        name = f"input.{EXTENSIONS[image_format]}"
-        await run_in_threadpool(services.blobs.put_bytes, report.id, name, data)
-        source = {"blob": name, "format": image_format,
-                  "study_instance_uid": metadata.get("StudyInstanceUID"),
-                  "sop_instance_uid": metadata.get("SOPInstanceUID")}
-        await run_in_threadpool(services.store.set_source, report.id, source)
-        await run_in_threadpool(submit, report.id)
-        STUDIES_INGESTED.labels("api").inc()
+    report, created = await run_in_threadpool(lambda: accept_study(
+        services.store, services.blobs, study_id=fields.study_id,
+        model_version=services.model_version,
+        request=fields.model_dump(mode="json", exclude={"force"}), image=data,
+        image_format=image_format, metadata=metadata, source="api", force=fields.force))
     await run_in_threadpool(services.store.audit, actor, "create" if created else "read",
                             "report", report.id, "success", client)
     wants_async = prefer is not None and "respond-async" in prefer.lower()

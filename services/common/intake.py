@@ -1,0 +1,36 @@
+"""Accepting a study into the pipeline: the one way the gateway and the DICOM gateway do it.
+
+Idempotent per study and model version: the report row is created (or found), the image
+written to the blob store, and the chain queued only for a new report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.common.blobs import BlobStore
+from services.common.metrics import STUDIES_INGESTED
+from services.common.pipeline import submit
+from services.common.store import Report, Store
+
+EXTENSIONS = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}
+
+
+def accept_study(store: Store, blobs: BlobStore, *, study_id: str, model_version: str,
+                 request: dict[str, Any], image: bytes, image_format: str,
+                 metadata: dict[str, Any], source: str, force: bool = False,
+                 ) -> tuple[Report, bool]:
+    """The study's report and whether it is new; a new one is queued."""
+    report, created = store.create_or_get(study_id, model_version, request, force)
+    if created:
+        name = f"input.{EXTENSIONS[image_format]}"
+        blobs.put_bytes(report.id, name, image)
+        store.set_source(report.id, {
+            "blob": name, "format": image_format, "via": source,
+            "study_instance_uid": metadata.get("StudyInstanceUID"),
+            "series_instance_uid": metadata.get("SeriesInstanceUID"),
+            "sop_instance_uid": metadata.get("SOPInstanceUID"),
+            "sop_class_uid": metadata.get("SOPClassUID")})
+        submit(report.id)
+        STUDIES_INGESTED.labels(source).inc()
+    return report, created
