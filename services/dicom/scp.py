@@ -1,0 +1,176 @@
+"""The Storage SCP: C-ECHO and C-STORE of chest radiographs from modalities and PACS.
+
+Handlers never raise: every failure becomes a DICOM status (PS3.4 Annex B.2.3 and GG):
+0xC210 cannot understand (undecodable dataset or bad UIDs), 0xA700 out of resources
+(disk below its floor), 0xC211 unexpected failure. An instance is on disk, fsynced, before
+0x0000 is answered. Associations from calling AE titles or hosts not on the allow-lists
+are rejected (A-ASSOCIATE-RJ, rejected-permanent, service-user; PS3.8 9.3.4).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+from pydicom.uid import (
+    JPEG2000,
+    ComputedRadiographyImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+    Verification,
+)
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import select
+
+from services.common.store import Store, utcnow
+from services.dicom.metrics import ASSOCIATIONS, INSTANCES_RECEIVED, INSTANCES_REJECTED
+from services.dicom.records import DicomInstance, DicomStudy
+from services.dicom.settings import DicomSettings
+from services.dicom.storage import BadUidError, OutOfSpaceError, instance_path, write_instance
+
+log = logging.getLogger(__name__)
+
+STORAGE_SOP_CLASSES = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                       DigitalXRayImageStorageForProcessing)
+TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                     DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8Bit,
+                     JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
+                     JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless)
+
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, UNEXPECTED = 0x0000, 0xA700, 0xC210, 0xC211
+
+
+class StorageSCP:
+    def __init__(self, settings: DicomSettings, store: Store, storage_root: Path) -> None:
+        self.settings = settings
+        self.store = store
+        self.root = storage_root
+        self.server: ThreadedAssociationServer | None = None
+
+    def application_entity(self) -> AE:
+        ae = AE(ae_title=self.settings.ae_title)
+        for sop_class in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        ae.add_supported_context(Verification)
+        ae.require_calling_aet = list(self.settings.allowed_calling_aets)
+        ae.maximum_associations = self.settings.max_associations
+        ae.acse_timeout = self.settings.acse_timeout_s
+        ae.dimse_timeout = self.settings.dimse_timeout_s
+        ae.network_timeout = self.settings.network_timeout_s
+        return ae
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if self.settings.tls_certificate is None or self.settings.tls_private_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.settings.tls_certificate, self.settings.tls_private_key)
+        if self.settings.tls_ca_certificates is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(self.settings.tls_ca_certificates)
+        return context
+
+    def start(self) -> ThreadedAssociationServer:
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_REQUESTED, self.screen),
+                    (evt.EVT_ACCEPTED, self.count_association("accepted")),
+                    (evt.EVT_REJECTED, self.count_association("rejected"))]
+        tls = self.tls_context()
+        self.server = self.application_entity().start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers,
+            ssl_context=tls)
+        log.info("DICOM SCP %s listening on %s:%d%s", self.settings.ae_title,
+                 self.settings.host, self.settings.port, " (TLS)" if tls else "")
+        return self.server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    @staticmethod
+    def count_association(outcome: str) -> Any:
+        def handler(event: evt.Event) -> None:
+            ASSOCIATIONS.labels(outcome).inc()
+        return handler
+
+    def screen(self, event: evt.Event) -> None:
+        """Reject an association from a host not on the allow-list (no reason given, PS3.8)."""
+        allowed = self.settings.allowed_hosts
+        address = event.assoc.requestor.address
+        if allowed and address not in allowed:
+            log.warning("association from a host not on the allow-list rejected")
+            event.assoc.acse.send_reject(0x01, 0x01, 0x01)
+
+    def handle_store(self, event: evt.Event) -> int:
+        try:
+            ds = event.dataset
+            meta = event.file_meta
+            uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            path = instance_path(self.root, *uids)
+            data = event.encoded_dataset()
+        except BadUidError:
+            INSTANCES_REJECTED.labels("bad_uid").inc()
+            return CANNOT_UNDERSTAND
+        except Exception:  # undecodable: truncated, malformed, missing UIDs
+            INSTANCES_REJECTED.labels("undecodable").inc()
+            log.warning("C-STORE of an undecodable dataset refused")
+            return CANNOT_UNDERSTAND
+        try:
+            new = write_instance(path, data, self.settings.min_free_bytes)
+        except (OutOfSpaceError, OSError):
+            INSTANCES_REJECTED.labels("out_of_resources").inc()
+            log.error("C-STORE refused: out of storage")
+            return OUT_OF_RESOURCES
+        try:
+            self.record(ds, meta, path, event.assoc.requestor.ae_title, new)
+        except Exception:
+            INSTANCES_REJECTED.labels("unexpected").inc()
+            log.exception("C-STORE: could not record the instance")
+            return UNEXPECTED
+        INSTANCES_RECEIVED.labels("new" if new else "duplicate").inc()
+        return SUCCESS
+
+    def record(self, ds: Any, meta: Any, path: Path, calling_aet: str, new: bool) -> None:
+        """Track the instance and its study; a duplicate only refreshes the study's clock."""
+        now = utcnow()
+        study_uid = str(ds.StudyInstanceUID)
+        with self.store.session() as session:
+            if session.get(DicomInstance, str(ds.SOPInstanceUID)) is None:
+                session.add(DicomInstance(
+                    sop_instance_uid=str(ds.SOPInstanceUID), study_instance_uid=study_uid,
+                    series_instance_uid=str(ds.SeriesInstanceUID),
+                    sop_class_uid=str(ds.SOPClassUID),
+                    transfer_syntax_uid=str(meta.TransferSyntaxUID), path=str(path),
+                    modality=_text(ds, "Modality"), body_part=_text(ds, "BodyPartExamined"),
+                    view_position=_text(ds, "ViewPosition"),
+                    image_laterality=_text(ds, "ImageLaterality"),
+                    calling_aet=str(calling_aet).strip()[:16], received_at=now))
+                new = True
+            study = session.scalars(select(DicomStudy).where(
+                DicomStudy.study_instance_uid == study_uid).with_for_update()).first()
+            if study is None:
+                session.add(DicomStudy(study_instance_uid=study_uid, state="receiving",
+                                       instances=1, first_received_at=now,
+                                       last_received_at=now))
+            else:
+                study.last_received_at = now
+                study.instances += int(new)
+
+
+def _text(ds: Any, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    return str(value).strip()[:64] if value not in (None, "") else None
