@@ -1,4 +1,4 @@
-"""The local stack as plain processes: Redis, tritonserver, one worker per stage, the gateway.
+"""The local stack as plain processes: Redis, tritonserver, workers, DICOM gateway, gateway.
 
 ``radreport up`` starts it in the background (state in ``<run_dir>/stack.json``, logs in
 ``<run_dir>/logs/``) and ``radreport down`` stops it; the integration tests start the same
@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,8 @@ class StackConfig:
     triton_grpc_port: int = 8001
     triton_http_port: int = 8000
     triton_metrics_port: int = 8002
+    dicom_port: int = 11112
+    dicom_metrics_port: int = 9102
     triton_install: Path = DEFAULT_INSTALL
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -52,6 +55,8 @@ class StackConfig:
                    triton_grpc_port=_env_int("RADREPORT_TRITON_GRPC_PORT", 8001),
                    triton_http_port=_env_int("RADREPORT_TRITON_HTTP_PORT", 8000),
                    triton_metrics_port=_env_int("RADREPORT_TRITON_METRICS_PORT", 8002),
+                   dicom_port=_env_int("RADREPORT_DICOM_PORT", 11112),
+                   dicom_metrics_port=_env_int("RADREPORT_DICOM_METRICS_PORT", 9102),
                    triton_install=Path(os.environ.get("RADREPORT_TRITON_INSTALL",
                                                       DEFAULT_INSTALL)))
 
@@ -59,7 +64,8 @@ class StackConfig:
     def on_free_ports(cls, root: Path) -> StackConfig:
         return cls(run_dir=root / "run", data_dir=root / "data", gateway_port=free_port(),
                    redis_port=free_port(), triton_grpc_port=free_port(),
-                   triton_http_port=free_port(), triton_metrics_port=free_port())
+                   triton_http_port=free_port(), triton_metrics_port=free_port(),
+                   dicom_port=free_port(), dicom_metrics_port=free_port())
 
     @property
     def gateway_url(self) -> str:
@@ -78,6 +84,8 @@ class StackConfig:
                 "RADREPORT_PUBLIC_BASE_URL": self.gateway_url,
                 "RADREPORT_GATEWAY_HOST": "127.0.0.1",
                 "RADREPORT_GATEWAY_PORT": str(self.gateway_port),
+                "RADREPORT_DICOM_PORT": str(self.dicom_port),
+                "RADREPORT_DICOM_METRICS_PORT": str(self.dicom_metrics_port),
                 "RADREPORT_GATEWAY_IMAGE_ROOT": os.environ.get(
                     "RADREPORT_GATEWAY_IMAGE_ROOT", str(self.data_dir / "images")),
                 **self.extra_env}
@@ -141,6 +149,9 @@ class LocalStack:
         for service in WORKER_SERVICES:
             self._spawn(f"worker-{service}", [sys.executable, "-m", f"services.{service}"], env)
 
+    def start_dicom(self) -> None:
+        self._spawn("dicom", [sys.executable, "-m", "services.dicom"], self.config.environment())
+
     def start_gateway(self) -> None:
         self._spawn("gateway", [sys.executable, "-m", "services.gateway"],
                     self.config.environment())
@@ -155,6 +166,7 @@ class LocalStack:
             self.start_redis()
             self.start_triton()
             self.start_workers()
+            self.start_dicom()
             self.start_gateway()
             self.wait_ready(timeout)
         except BaseException:
@@ -168,7 +180,8 @@ class LocalStack:
                 if process.poll() is not None:
                     raise StackError(f"{name} exited with {process.returncode}; see "
                                      f"{self.logs / (name + '.log')}")
-            if _http_ok(f"{self.config.gateway_url}/readyz"):
+            if (_http_ok(f"{self.config.gateway_url}/readyz")
+                    and _listening(self.config.dicom_port)):
                 return
             time.sleep(0.5)
         raise StackError(f"the stack was not ready after {timeout:.0f} s; logs in {self.logs}")
@@ -186,7 +199,8 @@ class LocalStack:
     def down(self, timeout: float = 20.0) -> None:
         """Stop the gateway first, then workers (they finish their task), Triton, Redis."""
         pids = self.pids()
-        order = ["gateway", *(f"worker-{s}" for s in WORKER_SERVICES), "triton", "redis"]
+        order = ["gateway", "dicom", *(f"worker-{s}" for s in WORKER_SERVICES), "triton",
+                 "redis"]
         for name in sorted(pids, key=lambda n: order.index(n) if n in order else 0):
             _stop_group(pids[name], timeout)
             if name in self.processes:
@@ -201,6 +215,14 @@ class LocalStack:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.down()
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

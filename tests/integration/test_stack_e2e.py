@@ -20,7 +20,6 @@ import redis
 from fhir.resources.R4B.bundle import Bundle
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian
-from services.preprocess.imaging import load_image, prepare_for_model
 
 from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
@@ -28,6 +27,7 @@ from radreport.model.report import ReportGenerator
 from radreport.stack import LocalStack, StackConfig
 from services.common.queue import DEAD_LETTER_KEY
 from services.common.store import Store
+from services.preprocess.imaging import load_image, prepare_for_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
