@@ -31,9 +31,9 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
-    Verification,
 )
 from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
@@ -85,16 +85,19 @@ class StorageSCP:
         return context
 
     def start(self) -> ThreadedAssociationServer:
-        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_REQUESTED, self.screen),
-                    (evt.EVT_ACCEPTED, self.count_association("accepted")),
-                    (evt.EVT_REJECTED, self.count_association("rejected"))]
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self.handle_store), (evt.EVT_REQUESTED, self.screen),
+            (evt.EVT_ACCEPTED, self.count_association("accepted")),
+            (evt.EVT_REJECTED, self.count_association("rejected"))]
         tls = self.tls_context()
-        self.server = self.application_entity().start_server(
+        server = self.application_entity().start_server(
             (self.settings.host, self.settings.port), block=False, evt_handlers=handlers,
             ssl_context=tls)
+        assert server is not None  # non-blocking start returns the server
+        self.server = server
         log.info("DICOM SCP %s listening on %s:%d%s", self.settings.ae_title,
                  self.settings.host, self.settings.port, " (TLS)" if tls else "")
-        return self.server
+        return server
 
     def stop(self) -> None:
         if self.server is not None:

@@ -19,7 +19,8 @@ def format_report(ctx: StageContext) -> None:
     settings = get_fhir_settings()
     policy = ReviewPolicy(settings.present_threshold, settings.low_confidence)
     draft = Draft.model_validate(ctx.blobs.get_json(report.id, "draft.json"))
-    quality = ImageQuality(**ctx.blobs.get_json(report.id, "preprocess.json")["quality"])
+    stored_quality = ctx.blobs.get_json(report.id, "preprocess.json").get("quality")
+    quality = ImageQuality(**stored_quality) if stored_quality else None
     findings = structured_findings(draft, policy)
     reasons = review_reasons(draft, quality, policy)
     api = f"{ctx.settings.public_base_url}/api/v1"

@@ -37,6 +37,6 @@ def preprocess(ctx: StageContext) -> None:
         "letterbox": LetterboxInfo(size=letterbox.size, scale=letterbox.scale,
                                    pad_x=letterbox.pad_x, pad_y=letterbox.pad_y,
                                    original_shape=letterbox.original_shape).model_dump(),
-        "quality": decoded.quality.model_dump(),
+        "quality": decoded.quality.model_dump() if decoded.quality else None,
         "source_format": decoded.source_format,
     })
