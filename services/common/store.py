@@ -11,6 +11,7 @@ conditional updates, so a redelivered task can never move a finished report agai
 
 from __future__ import annotations
 
+import fcntl
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from services.common.schemas import ReportStatus
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_ID = 7_270_418_001  # any constant shared by every radreport process
 FINISHED = (ReportStatus.completed.value, ReportStatus.failed.value)
 
 
@@ -132,13 +134,32 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (idempotent; safe on every start)."""
+        """Bring the schema to the newest migration (idempotent; safe on every start).
+
+        Services start together, so migrations take a lock first: an advisory lock on
+        PostgreSQL, a lock file beside the database on SQLite.
+        """
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
-        with self.engine.begin() as connection:
+        with self._migration_lock(), self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        path = self.url.removeprefix("sqlite:///") if self.url.startswith("sqlite") else ""
+        if not path or path == ":memory:":
+            yield
+            return
+        with open(f"{path}.migrate.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

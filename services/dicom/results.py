@@ -30,6 +30,7 @@ PS3.3 / PS3.16 section numbers are from the 2024 editions.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -400,7 +401,6 @@ def build_overlay_sc(
                      str(overlay_rgb.shape), sentence_text or "", report_id, str(series_number),
                      str(instance_number), manufacturer, software_version,
                      str(source.SOPInstanceUID))
-    placeholder = _patient_orientation(source) is None
     sc = SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=overlay_rgb,
@@ -412,18 +412,22 @@ def build_overlay_sc(
         sop_instance_uid=_uid(study_uid, report_id, "sc", digest),
         instance_number=instance_number,
         manufacturer=manufacturer,
-        # Same orientation as the source: the overlay is the source image, coloured.
-        patient_orientation=_patient_orientation(source) or ("L", "F"),
+        patient_orientation=("L", "F"),  # replaced below by the source's
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=SC_SERIES_DESCRIPTION,
         software_versions=software_version,
         specific_character_set=UTF8,
     )
-    if placeholder:
-        # Type 2 (PS3.3 C.7.6.1.1.1): empty says "unknown"; highdicom wants a value.
-        sc.PatientOrientation = ""
+    # Same orientation as the source, verbatim (the overlay is the source image, coloured;
+    # highdicom's enumeration would refuse oblique values such as "AL"). Type 2 (PS3.3
+    # C.7.6.1.1.1): empty when the source does not say.
+    sc.PatientOrientation = source.get("PatientOrientation") or []
     # The whole Patient and General Study modules as in the source, as the SR gets them.
     sc.copy_patient_and_study_information(source)
+    # General Series: Laterality is Type 2C on the body part being paired or unknown; the
+    # chest is unpaired, so saying so (as the source does) leaves it out correctly. This
+    # service reports chest radiographs only, hence the fallback.
+    sc.BodyPartExamined = source.get("BodyPartExamined") or "CHEST"
     sc.ConversionType = "SYN"
     sc.BurnedInAnnotation = "YES"
     what = "AI-generated grounding overlay of a draft report sentence"
@@ -439,14 +443,6 @@ def build_overlay_sc(
     return sc
 
 
-def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
-    """The source's Patient Orientation (row, column directions) when it has both values."""
-    value = source.get("PatientOrientation")
-    if value is None or isinstance(value, str) or len(value) != 2 or not all(value):
-        return None
-    return str(value[0]), str(value[1])
-
-
 # --- writing ---------------------------------------------------------------------------
 
 
@@ -460,9 +456,9 @@ def to_bytes(ds: Dataset) -> bytes:
     syntax = None if meta is None else meta.get("TransferSyntaxUID")
     if syntax not in (None, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         raise ValueError(f"cannot write transfer syntax {syntax} as Explicit VR Little Endian")
-    out = Dataset(ds)  # a new top level; the elements are shared, not changed
+    out = Dataset(ds)  # a new top level: its elements are shared, and none is changed
     out.preamble = b"\x00" * 128
-    out.file_meta = FileMetaDataset(meta if meta is not None else Dataset())
+    out.file_meta = FileMetaDataset(copy.deepcopy(meta) if meta is not None else Dataset())
     out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     out.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -78,8 +78,15 @@ def dicom_metadata(ds: Dataset) -> dict[str, Any]:
     return metadata
 
 
+REQUIRED_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "Rows", "Columns")
+
+
 def check_chest_radiograph(metadata: dict[str, Any]) -> None:
     """Refuse what our model was not made for, with the reason."""
+    missing = [k for k in REQUIRED_ATTRIBUTES if k not in metadata]
+    if missing:
+        raise InputRefused("corrupt_dicom", "the DICOM file is truncated or incomplete: it "
+                           f"lacks {', '.join(missing)}")
     modality = str(metadata.get("Modality", "")).upper()
     if modality not in RADIOGRAPH_MODALITIES:
         raise InputRefused("wrong_modality", f"modality {modality or 'missing'} is not a "
