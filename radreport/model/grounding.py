@@ -176,3 +176,17 @@ def map_boxes(heatmap: np.ndarray, letterbox: Letterbox, threshold: float = 0.5,
         if box[2] > box[0] and box[3] > box[1]:
             boxes.append((float(sizes[label - 1]), box))
     return [box for _, box in sorted(boxes, key=lambda item: -item[0])]
+
+
+def attention_entropy(heatmap: np.ndarray) -> float:
+    """Shannon entropy (bits) of the normalised map: log2(N) uniform, 0 one-hot.
+
+    Rising entropy means vaguer grounding (drift monitoring). Negative values count as 0;
+    an all-zero map has entropy 0.
+    """
+    values = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float64)).ravel(), 0.0, None)
+    total = values.sum()
+    if total <= 0:
+        return 0.0
+    p = values[values > 0] / total
+    return float(max(0.0, -(p * np.log2(p)).sum()))

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from radreport.model.grounding import Letterbox
+
 # A study id is an identifier, not free text: it becomes part of blob paths and queries.
 StudyId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$",
                                examples=["STUDY-12345", "1.2.840.113619.2.55.3.604688"])]
@@ -143,6 +145,9 @@ class LetterboxInfo(BaseModel):
     pad_x: float
     pad_y: float
     original_shape: tuple[int, int]
+
+    def to_letterbox(self) -> Letterbox:
+        return Letterbox(self.size, self.scale, self.pad_x, self.pad_y, self.original_shape)
 
 
 class ImageQuality(BaseModel):

@@ -14,8 +14,10 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from pydicom.encaps import generate_fragments
 from pydicom.uid import (
     JPEG2000,
+    UID,
     ComputedRadiographyImageStorage,
     DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
@@ -124,6 +126,7 @@ class StorageSCP:
             meta = event.file_meta
             uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
             path = instance_path(self.root, *uids)
+            check_pixel_data(ds, meta.TransferSyntaxUID)
             data = event.encoded_dataset()
         except BadUidError:
             INSTANCES_REJECTED.labels("bad_uid").inc()
@@ -172,6 +175,27 @@ class StorageSCP:
             else:
                 study.last_received_at = now
                 study.instances += int(new)
+
+
+def check_pixel_data(ds: Any, transfer_syntax: UID) -> None:
+    """Raise if the image's pixel data is missing or shorter than its header declares.
+
+    A truncated transfer still parses (the last element just ends early), so the length is
+    checked against Rows x Columns x Samples x Bits Allocated x Frames (PS3.5 8.1.1), and an
+    encapsulated value must hold complete items (PS3.5 A.4).
+    """
+    if "PixelData" not in ds:
+        raise ValueError("no pixel data")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if UID(transfer_syntax).is_encapsulated:
+        fragments = list(generate_fragments(ds.PixelData))
+        if not fragments or sum(len(f) for f in fragments) == 0:
+            raise ValueError("empty encapsulated pixel data")
+        return
+    expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+                * int(ds.BitsAllocated) * frames + 7) // 8
+    if len(ds.PixelData) < expected:
+        raise ValueError("pixel data shorter than declared")
 
 
 def _text(ds: Any, keyword: str) -> str | None:

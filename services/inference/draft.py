@@ -13,7 +13,7 @@ import numpy as np
 
 from radreport.data.labels import POSITIVE, UNCERTAIN
 from radreport.eval.labeler import label_sentence
-from radreport.model.grounding import Letterbox, map_boxes
+from radreport.model.grounding import attention_entropy, map_boxes
 from services.common.schemas import Draft, DraftSentence, LetterboxInfo
 
 
@@ -23,19 +23,9 @@ def stated_labels(text: str) -> list[str]:
             if value in (POSITIVE, UNCERTAIN)]
 
 
-def attention_entropy(heatmap: np.ndarray) -> float:
-    """Shannon entropy (bits) of a normalised map: higher means less focused grounding."""
-    total = float(heatmap.sum())
-    if total <= 0:
-        return 0.0
-    p = heatmap[heatmap > 0] / total
-    return float(-(p * np.log2(p)).sum())
-
-
 def draft_from_served(served: dict[str, Any], letterbox: LetterboxInfo, box_threshold: float,
                       inference_ms: float) -> Draft:
-    box = Letterbox(letterbox.size, letterbox.scale, letterbox.pad_x, letterbox.pad_y,
-                    tuple(letterbox.original_shape))  # type: ignore[arg-type]
+    box = letterbox.to_letterbox()
     sentences = []
     entropies = []
     for sentence in served["sentences"]:
