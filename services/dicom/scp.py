@@ -119,6 +119,7 @@ class StorageSCP:
         if allowed and address not in allowed:
             log.warning("association from a host not on the allow-list rejected")
             event.assoc.acse.send_reject(0x01, 0x01, 0x01)
+            event.assoc.kill()  # returns once the A-ASSOCIATE-RJ has left
 
     def handle_store(self, event: evt.Event) -> int:
         try:
