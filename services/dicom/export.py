@@ -31,6 +31,7 @@ from services.common.store import Store, utcnow
 from services.dicom.metrics import EXPORT_FAILURES, EXPORT_QUEUE, EXPORTS_SENT
 from services.dicom.records import DicomExport, DicomInstance, DicomStudy
 from services.dicom.results import build_overlay_sc, build_report_sr, to_bytes
+from services.grounding.render import full_overlay
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class ResultExporter:
     def __init__(self, store: Store, blobs: BlobStore, outbox: Path,
                  destinations: list[Destination], software_version: str,
                  calling_aet: str = "RADREPORT", retry_s: float = 5.0,
-                 max_wait_s: float = 300.0) -> None:
+                 max_wait_s: float = 300.0, max_pixels: int = 4096 * 4096) -> None:
         self.store = store
         self.blobs = blobs
         self.outbox = outbox
@@ -67,6 +68,7 @@ class ResultExporter:
         self.calling_aet = calling_aet
         self.retry_s = retry_s
         self.max_wait_s = max_wait_s
+        self.max_pixels = max_pixels
 
     # --- outbox ---------------------------------------------------------------------
 
@@ -101,8 +103,8 @@ class ResultExporter:
         objects = {"sr": to_bytes(build_report_sr(
             header, draft, findings, report_id=report_id, software_version=self.software_version))}
         for i, sentence in enumerate(draft.sentences):
-            overlay = np.asarray(Image.open(self.blobs.path(
-                report_id, f"overlays/sentence-{i:02d}.png")).convert("RGB"))
+            overlay = np.asarray(Image.open(full_overlay(
+                self.blobs, report_id, source["blob"], i, self.max_pixels)).convert("RGB"))
             objects[f"sc{i:02d}"] = to_bytes(build_overlay_sc(
                 header, overlay, report_id=report_id, sentence_text=sentence.text,
                 instance_number=i + 1, manufacturer="radreport",

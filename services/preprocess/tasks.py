@@ -13,6 +13,11 @@ from services.preprocess.imaging import InputRefused, load_image, prepare_for_mo
 from services.preprocess.settings import get_preprocess_settings
 
 
+def to_uint16(image: np.ndarray) -> np.ndarray:
+    """What radiologists see (VOI applied), kept in 16 bits for the overlays."""
+    return np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16)
+
+
 @cache
 def model_input_size() -> int:
     model_dir = get_preprocess_settings().model_dir or DEFAULT_MODEL_DIR
@@ -25,14 +30,14 @@ def preprocess(ctx: StageContext) -> None:
     report_id = ctx.report.id
     path = ctx.blobs.path(report_id, ctx.report.source["blob"])
     try:
-        decoded = load_image(path, max_pixels=settings.max_pixels)
+        decoded = load_image(path, max_pixels=settings.max_pixels,
+                             model_side=model_input_size())
     except InputRefused as err:
         raise PermanentError(str(err)) from err
     model_input, letterbox = prepare_for_model(decoded, model_input_size(), clahe=settings.clahe)
     ctx.blobs.put_array(report_id, "model_input.npy", model_input[None].astype(np.float32))
-    # what radiologists see (VOI applied), 16 bits, for the overlays
-    ctx.blobs.put_array(report_id, "display.npy",
-                        np.round(np.clip(decoded.display, 0, 1) * 65535).astype(np.uint16))
+    if not decoded.reduced:  # else the grounding stage decodes the full image itself
+        ctx.blobs.put_array(report_id, "display.npy", to_uint16(decoded.display))
     ctx.blobs.put_json(report_id, "preprocess.json", {
         "letterbox": LetterboxInfo(size=letterbox.size, scale=letterbox.scale,
                                    pad_x=letterbox.pad_x, pad_y=letterbox.pad_y,

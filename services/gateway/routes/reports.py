@@ -38,6 +38,7 @@ from services.gateway.ingest import (
     resolve_image_path,
 )
 from services.gateway.views import report_url, to_public, to_summary
+from services.grounding.render import full_overlay
 
 router = APIRouter(prefix="/api/v1", tags=["reports"])
 
@@ -234,10 +235,13 @@ async def get_sentence_overlay(report_id: str, index: int, services: ServicesDep
     """The sentence's heatmap and boxes on the image, full size or as a preview."""
     report = await _readable(services, report_id, actor, client, "overlay")
     _completed(report)
-    suffix = ".preview.png" if size == "preview" else ".png"
-    path = services.blobs.path(report.id, f"overlays/sentence-{index:02d}{suffix}")
+    path = services.blobs.path(report.id, f"overlays/sentence-{index:02d}.preview.png")
     if index < 0 or not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no sentence with this index")
+    if size == "full":  # drawn on first request, then kept
+        path = await run_in_threadpool(full_overlay, services.blobs, report.id,
+                                       report.source["blob"], index,
+                                       services.settings.max_pixels)
     return FileResponse(path, media_type="image/png")
 
 

@@ -96,5 +96,5 @@ def test_a_non_chest_study_is_stored_but_not_processed(store: Store, tmp_path: P
     assert completer.complete_due() == 1
     (report,) = store.list_for_study(study_uid)
     assert report.status == "failed"
-    assert report.status_reason == "not processed: body part ABDOMEN is not the chest"
+    assert report.status_reason == "not processed: the body part examined is not the chest"
     assert completer.complete_due() == 0  # done once
