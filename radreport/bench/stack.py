@@ -58,19 +58,23 @@ def run(count: int = 20, burst: int = 200, size: int = 1024) -> Iterator[str]:
         generator = ReportGenerator()
 
         def model_only(path: Path) -> float:
-            model_input, letterbox = prepare_for_model(load_image(path), 256)
+            model_input, letterbox = prepare_for_model(load_image(path, model_side=256), 256)
             batch = model_input[None, None].astype(np.float32)
             return statistics.median(_timed(
                 lambda: generator.generate_prepared(batch, [letterbox]), 3))
 
         model_ms = statistics.median(model_only(p) for p in studies[: min(5, count)])
+        # what preprocessing does: decode only as far as the model's 256 px input needs
         decode_ms = statistics.median(
-            statistics.median(_timed(lambda p=p: load_image(p), 3)) for p in studies[:5])
-        j2k_decode_ms = statistics.median(_timed(lambda: load_image(j2k), 5))
+            statistics.median(_timed(lambda p=p: load_image(p, model_side=256), 3))
+            for p in studies[:5])
+        j2k_decode_ms = statistics.median(_timed(lambda: load_image(j2k, model_side=256), 5))
+        j2k_full_ms = statistics.median(_timed(lambda: load_image(j2k), 3))
         yield (f"model alone (ONNX Runtime in-process, one study): p50 {model_ms:.0f} ms; "
                f"DICOM decode of the {size} px studies: p50 {decode_ms:.0f} ms")
-        yield (f"2,048 px JPEG 2000 decode: p50 {j2k_decode_ms:.0f} ms = "
-               f"{100 * j2k_decode_ms / model_ms:.0f}% of the model's time (goal <= 50%)")
+        yield (f"2,048 px JPEG 2000 decode for the model: p50 {j2k_decode_ms:.0f} ms = "
+               f"{100 * j2k_decode_ms / model_ms:.0f}% of the model's time (goal <= 50%); "
+               f"in full (for the overlays): {j2k_full_ms:.0f} ms")
 
         config = StackConfig.on_free_ports(root / "stack")
         config.extra_env = {"RADREPORT_GATEWAY_SYNC_WAIT_S": "300"}
