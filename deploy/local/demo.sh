@@ -19,7 +19,7 @@ print("  FINDINGS:", truth["findings_text"])
 print("  IMPRESSION:", truth["impression_text"])
 PY
 if ! "$VENV/bin/python" -c 'import sys; from radreport.stack import LocalStack, StackConfig; sys.exit(not LocalStack(StackConfig.from_env()).running())'; then
-  echo "Starting the local stack (Redis, Triton, workers, gateway)..."
+  echo "Starting the local stack (Redis, Triton, workers, DICOM gateway, gateway)..."
   "$radreport" up
 fi
 echo
