@@ -10,10 +10,13 @@ implemented by its service and linked here into one chain per report:
    ``display.npy``, ``preprocess.json``.
 3. ``radreport.infer`` (services.inference): one Triton request for the whole report;
    grounding boxes mapped back to original pixels; blob ``draft.json``.
-4. ``radreport.ground`` (services.grounding): one overlay PNG per sentence, full size and
-   preview; blobs ``overlays/``, ``grounding.json``.
-5. ``radreport.format`` (services.fhir): structured findings, review flags, the FHIR
+4. ``radreport.format`` (services.fhir): structured findings, review flags, the FHIR
    bundle (blob ``fhir.json``); the report is stored as completed, then waiters are notified.
+5. ``radreport.ground`` (services.grounding), after completion: a preview overlay PNG per
+   sentence and the compact maps (blobs ``overlays/``, ``grounding.json``). Drawing them
+   cost more than the model itself, so they are not on the report's critical path: a
+   product asked for before this stage has made it is drawn on request
+   (``services.grounding.render``).
 
 A stage that fails permanently (bad input) ends the chain with the report failed and its
 reason; see ``services.common.queue`` for retries, redelivery and dead-lettering.
@@ -25,7 +28,7 @@ from celery import chain
 
 from services.common.queue import app
 
-STAGES = ("preprocess", "infer", "ground", "format")
+STAGES = ("preprocess", "infer", "format", "ground")
 
 
 def submit(report_id: str) -> None:

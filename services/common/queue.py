@@ -106,7 +106,7 @@ def dead_letter(report_id: str, stage: str, reason: str) -> None:
 StageFunction = Callable[[StageContext], None]
 
 
-def stage_task(stage: str, status: ReportStatus) -> Callable[[StageFunction], Task]:
+def stage_task(stage: str, status: ReportStatus | None) -> Callable[[StageFunction], Task]:
     """Make ``fn(ctx)`` the Celery task of one stage, with retries and dead-lettering.
 
     Attempts are counted per delivery in the store, so redeliveries after a lost worker
@@ -118,13 +118,16 @@ def stage_task(stage: str, status: ReportStatus) -> Callable[[StageFunction], Ta
             settings = get_common_settings()
             store, blobs = stores()
             report = store.get(report_id)
-            if report is None or ReportStatus(report.status).finished:
+            after_completion = status is None  # a stage that only precomputes products
+            if report is None or (ReportStatus(report.status).finished
+                                  and not (after_completion and report.status == "completed")):
                 raise Ignore()  # unknown, or finished by an earlier delivery: stop the chain
             attempt = store.count_attempt(report_id, stage)
             if attempt > settings.max_attempts:
                 dead_letter(report_id, stage, f"{stage} failed {settings.max_attempts} times")
                 raise Ignore()
-            store.set_status(report_id, status)
+            if status is not None:
+                store.set_status(report_id, status)
             start = time.perf_counter()
             try:
                 fn(StageContext(report, store, blobs, settings))
@@ -138,6 +141,10 @@ def stage_task(stage: str, status: ReportStatus) -> Callable[[StageFunction], Ta
                 raise Ignore() from err
             except Exception as err:
                 STAGE_LATENCY.labels(stage, "error").observe(time.perf_counter() - start)
+                if after_completion and attempt >= settings.max_attempts:
+                    log.error("%s of %s gave up after %d attempts; products are drawn on "
+                              "request instead", stage, report_id, attempt)
+                    raise Ignore() from err
                 if attempt >= settings.max_attempts:
                     dead_letter(report_id, stage, f"{stage} failed {attempt} times, last with "
                                 f"{type(err).__name__}")

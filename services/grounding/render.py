@@ -1,20 +1,23 @@
-"""Overlays drawn when first asked for: full-size PNGs are not on the report's critical path.
+"""Grounding products drawn when first asked for, then kept in the blob store.
 
-The grounding stage writes the previews (what the review page shows first) and the maps;
-a full-size overlay is drawn by whoever first needs it (the gateway, the DICOM exporter),
-then kept in the blob store.
+The grounding stage runs after a report is completed and precomputes the previews and the
+maps; whoever needs a product first (the gateway, the DICOM exporter) draws it if that
+stage has not yet, or never will (full-size overlays are only drawn on request).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from services.common.blobs import BlobStore, write_atomic
 from services.common.schemas import Draft
-from services.grounding.overlays import overlay_png
+from services.grounding.overlays import compact_maps, overlay_png
 from services.preprocess.imaging import load_image
+
+PREVIEW_SIDE = 512
 
 
 def display_image(blobs: BlobStore, report_id: str, source_blob: str,
@@ -25,14 +28,27 @@ def display_image(blobs: BlobStore, report_id: str, source_blob: str,
     return load_image(blobs.path(report_id, source_blob), max_pixels=max_pixels).display
 
 
-def full_overlay(blobs: BlobStore, report_id: str, source_blob: str, index: int,
-                 max_pixels: int) -> Path:
-    """``overlays/sentence-NN.png``, drawn now if it is not there yet."""
-    path = blobs.path(report_id, f"overlays/sentence-{index:02d}.png")
+def overlay(blobs: BlobStore, report_id: str, source_blob: str, index: int,
+            max_pixels: int, preview: bool = False) -> Path:
+    """``overlays/sentence-NN[.preview].png``, drawn now if it is not there yet."""
+    suffix = ".preview.png" if preview else ".png"
+    path = blobs.path(report_id, f"overlays/sentence-{index:02d}{suffix}")
     if path.is_file():
         return path
     draft = Draft.model_validate(blobs.get_json(report_id, "draft.json"))
     if not 0 <= index < len(draft.sentences):
         raise IndexError(index)
     display = display_image(blobs, report_id, source_blob, max_pixels)
-    return write_atomic(path, overlay_png(display, draft, index))
+    return write_atomic(path, overlay_png(display, draft, index,
+                                          PREVIEW_SIDE if preview else None))
+
+
+def full_overlay(blobs: BlobStore, report_id: str, source_blob: str, index: int,
+                 max_pixels: int) -> Path:
+    return overlay(blobs, report_id, source_blob, index, max_pixels)
+
+
+def grounding_maps(blobs: BlobStore, report_id: str) -> dict[str, Any]:
+    if blobs.exists(report_id, "grounding.json"):
+        return dict(blobs.get_json(report_id, "grounding.json"))
+    return compact_maps(Draft.model_validate(blobs.get_json(report_id, "draft.json")))

@@ -38,7 +38,7 @@ from services.gateway.ingest import (
     resolve_image_path,
 )
 from services.gateway.views import report_url, to_public, to_summary
-from services.grounding.render import full_overlay
+from services.grounding.render import grounding_maps, overlay
 
 router = APIRouter(prefix="/api/v1", tags=["reports"])
 
@@ -219,8 +219,8 @@ async def get_report_grounding(report_id: str, services: ServicesDep, actor: Act
     """Per-sentence grounding maps over the model input, the letterbox, and boxes."""
     report = await _readable(services, report_id, actor, client, "grounding")
     _completed(report)
-    data = await run_in_threadpool(services.blobs.path(report.id, "grounding.json").read_bytes)
-    return Response(data, media_type="application/json")
+    maps = await run_in_threadpool(grounding_maps, services.blobs, report.id)
+    return JSONResponse(maps)
 
 
 @router.get("/reports/{report_id}/sentences/{index}/overlay.png",
@@ -235,13 +235,12 @@ async def get_sentence_overlay(report_id: str, index: int, services: ServicesDep
     """The sentence's heatmap and boxes on the image, full size or as a preview."""
     report = await _readable(services, report_id, actor, client, "overlay")
     _completed(report)
-    path = services.blobs.path(report.id, f"overlays/sentence-{index:02d}.preview.png")
-    if index < 0 or not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no sentence with this index")
-    if size == "full":  # drawn on first request, then kept
-        path = await run_in_threadpool(full_overlay, services.blobs, report.id,
+    try:  # drawn on first request if the grounding stage has not made it, then kept
+        path = await run_in_threadpool(overlay, services.blobs, report.id,
                                        report.source["blob"], index,
-                                       services.settings.max_pixels)
+                                       services.settings.max_pixels, size == "preview")
+    except IndexError as err:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no sentence with this index") from err
     return FileResponse(path, media_type="image/png")
 
 
