@@ -42,6 +42,8 @@ class StackConfig:
     triton_metrics_port: int = 8002
     dicom_port: int = 11112
     dicom_metrics_port: int = 9102
+    worker_metrics_ports: dict[str, int] = field(default_factory=lambda: {
+        service: 9110 + i for i, service in enumerate(WORKER_SERVICES)})
     triton_install: Path = DEFAULT_INSTALL
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -57,6 +59,9 @@ class StackConfig:
                    triton_metrics_port=_env_int("RADREPORT_TRITON_METRICS_PORT", 8002),
                    dicom_port=_env_int("RADREPORT_DICOM_PORT", 11112),
                    dicom_metrics_port=_env_int("RADREPORT_DICOM_METRICS_PORT", 9102),
+                   worker_metrics_ports={
+                       service: _env_int("RADREPORT_WORKER_METRICS_BASE_PORT", 9110) + i
+                       for i, service in enumerate(WORKER_SERVICES)},
                    triton_install=Path(os.environ.get("RADREPORT_TRITON_INSTALL",
                                                       DEFAULT_INSTALL)))
 
@@ -65,7 +70,8 @@ class StackConfig:
         return cls(run_dir=root / "run", data_dir=root / "data", gateway_port=free_port(),
                    redis_port=free_port(), triton_grpc_port=free_port(),
                    triton_http_port=free_port(), triton_metrics_port=free_port(),
-                   dicom_port=free_port(), dicom_metrics_port=free_port())
+                   dicom_port=free_port(), dicom_metrics_port=free_port(),
+                   worker_metrics_ports={s: free_port() for s in WORKER_SERVICES})
 
     @property
     def gateway_url(self) -> str:
@@ -145,8 +151,10 @@ class LocalStack:
         self._spawn("triton", server.command(), server.environment(), cwd=server.install)
 
     def start_workers(self) -> None:
-        env = self.config.environment()
         for service in WORKER_SERVICES:
+            env = {**self.config.environment(),
+                   "RADREPORT_WORKER_METRICS_PORT": str(self.config.worker_metrics_ports[service]),
+                   "PROMETHEUS_MULTIPROC_DIR": str(self.config.run_dir / "metrics" / service)}
             self._spawn(f"worker-{service}", [sys.executable, "-m", f"services.{service}"], env)
 
     def start_dicom(self) -> None:

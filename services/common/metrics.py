@@ -3,7 +3,12 @@ templates and reasons from fixed sets, never ids of studies, patients or reports
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import redis
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 
@@ -19,3 +24,48 @@ REPORTS_FINISHED = Counter("radreport_reports_finished_total", "Reports finished
                            ["status"])
 STAGE_LATENCY = Histogram("radreport_stage_seconds", "Time spent in one pipeline stage",
                           ["stage", "outcome"], buckets=LATENCY_BUCKETS)
+
+# --- model-level signals (clinical drift), recorded by the pipeline stages -------------------
+# Our design docs (000, 4.4-4.5): finding prevalence, attention entropy, disagreement between
+# the label head and the text, and input drift against the training distribution.
+REPORTS_DRAFTED = Counter("radreport_reports_drafted_total", "Reports drafted by the model")
+FINDINGS_STATED = Counter("radreport_findings_total",
+                          "Findings called present, by CheXpert label and by who says so",
+                          ["finding", "source"])  # source: text | label_head
+QA_DISAGREEMENTS = Counter("radreport_qa_disagreements_total",
+                           "Critical findings where the label head and the text disagree",
+                           ["finding"])
+REVIEW_REQUIRED = Counter("radreport_review_required_total",
+                          "Reports flagged for radiologist review, by kind of reason", ["reason"])
+ATTENTION_ENTROPY = Histogram("radreport_attention_entropy_bits",
+                              "Mean entropy of a report's sentence grounding maps",
+                              buckets=(2, 3, 4, 5, 5.5, 6, 6.5, 7, 7.5, 8))
+INPUT_DRIFT = Histogram("radreport_input_ks_distance",
+                        "KS distance of a study's pixel intensities from the training reference",
+                        buckets=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0))
+MODEL_LATENCY = Histogram("radreport_model_seconds", "Triton round trip for one report",
+                          buckets=LATENCY_BUCKETS)
+
+
+class QueueDepthCollector(Collector):
+    """Tasks waiting in each stage's queue and in the dead-letter list, read at scrape time
+    (the autoscaling signal for workers)."""
+
+    def __init__(self, redis_url: str, queues: list[str], dead_letter_key: str) -> None:
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+        self.queues = queues
+        self.dead_letter_key = dead_letter_key
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("radreport_queue_depth", "Tasks waiting per queue",
+                                  labels=["queue"])
+        dead = GaugeMetricFamily("radreport_dead_letter_depth",
+                                 "Messages dead-lettered after their last attempt")
+        try:
+            for queue in self.queues:
+                depth.add_metric([queue], float(self.client.llen(queue)))
+            dead.add_metric([], float(self.client.llen(self.dead_letter_key)))
+        except redis.RedisError:
+            return  # no figures rather than wrong ones; readiness reports Redis down
+        yield depth
+        yield dead

@@ -23,7 +23,7 @@ from celery.exceptions import Ignore, MaxRetriesExceededError
 from kombu import Queue
 
 from services.common.blobs import BlobStore
-from services.common.metrics import STAGE_LATENCY
+from services.common.metrics import REPORTS_FINISHED, STAGE_LATENCY
 from services.common.schemas import ReportStatus
 from services.common.settings import CommonSettings, get_common_settings
 from services.common.store import Report, Store, utcnow
@@ -97,6 +97,7 @@ def notify(report_id: str, status: str) -> None:
 def dead_letter(report_id: str, stage: str, reason: str) -> None:
     store, _ = stores()
     if store.set_status(report_id, ReportStatus.failed, reason):
+        REPORTS_FINISHED.labels(ReportStatus.failed.value).inc()
         notify(report_id, ReportStatus.failed.value)
     redis_client().rpush(DEAD_LETTER_KEY, json.dumps({
         "report_id": report_id, "stage": stage, "reason": reason, "at": utcnow().isoformat()}))
@@ -137,6 +138,7 @@ def stage_task(stage: str, status: ReportStatus | None) -> Callable[[StageFuncti
             except PermanentError as err:
                 STAGE_LATENCY.labels(stage, "refused").observe(time.perf_counter() - start)
                 if store.set_status(report_id, ReportStatus.failed, str(err)):
+                    REPORTS_FINISHED.labels(ReportStatus.failed.value).inc()
                     notify(report_id, ReportStatus.failed.value)
                 raise Ignore() from err
             except Exception as err:

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
                               version("radreport"), settings.ae_title,
                               settings.export_retry_s, settings.export_max_wait_s)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -35,6 +35,8 @@ class DicomSettings(BaseSettings):
                                              description="Require client certificates")
     destinations: list[str] = Field(
         default_factory=list, description="Where results go: AET@host:port, e.g. PACS@10.0.0.5:104")
+    metrics_host: str = Field(default="127.0.0.1", description="0.0.0.0 to be scraped from "
+                                                               "other hosts")
     metrics_port: int = Field(default=9102, ge=0, le=65535,
                               description="Prometheus /metrics of this service; 0: off")
     poll_s: float = Field(default=1.0, gt=0, description="Completion and outbox loop period")

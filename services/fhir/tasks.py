@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
-from services.common.metrics import REPORTS_FINISHED
+from services.common.metrics import (
+    ATTENTION_ENTROPY,
+    FINDINGS_STATED,
+    QA_DISAGREEMENTS,
+    REPORTS_DRAFTED,
+    REPORTS_FINISHED,
+    REVIEW_REQUIRED,
+)
 from services.common.queue import StageContext, notify, stage_task
 from services.common.schemas import Draft, ImageQuality, ReportStatus
 from services.common.store import utcnow
-from services.fhir.findings import ReviewPolicy, agreement, review_reasons, structured_findings
+from services.fhir.findings import (
+    FINDING_LABELS,
+    ReviewPolicy,
+    agreement,
+    review_reasons,
+    structured_findings,
+)
 from services.fhir.report import FhirContext, build_bundle
 from services.fhir.settings import get_fhir_settings
 
@@ -48,4 +61,23 @@ def format_report(ctx: StageContext) -> None:
                      * 1000)
     if ctx.store.complete(report.id, result, elapsed_ms):
         REPORTS_FINISHED.labels(ReportStatus.completed.value).inc()
+        record_clinical_signals(draft, reasons, policy)
         notify(report.id, ReportStatus.completed.value)
+
+
+def record_clinical_signals(draft: Draft, reasons: list[str], policy: ReviewPolicy) -> None:
+    """Prevalence per finding from the text and from the head, disagreement, entropy."""
+    REPORTS_DRAFTED.inc()
+    stated = {label for sentence in draft.sentences for label in sentence.labels}
+    for label in FINDING_LABELS:
+        if label in stated:
+            FINDINGS_STATED.labels(label, "text").inc()
+        if draft.label_probs.get(label, 0.0) >= policy.present_threshold:
+            FINDINGS_STATED.labels(label, "label_head").inc()
+    for reason in reasons:
+        kind = reason.split(":")[0]
+        REVIEW_REQUIRED.labels(kind).inc()
+        if kind == "critical finding disagreement":
+            QA_DISAGREEMENTS.labels(reason.split(": ")[1].split(" (")[0]).inc()
+    if draft.attention_entropy is not None:
+        ATTENTION_ENTROPY.observe(draft.attention_entropy)

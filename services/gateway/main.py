@@ -10,12 +10,14 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from prometheus_client import REGISTRY
 
 from radreport.model.report import DEFAULT_MODEL_DIR, MODEL_INFO_FILE, ModelInfo
 from radreport.serving.client import ReportClient
 from services.common.blobs import BlobStore
 from services.common.logs import configure_logging
-from services.common.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from services.common.metrics import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
+from services.common.queue import DEAD_LETTER_KEY, STAGE_QUEUES
 from services.common.settings import get_common_settings
 from services.common.store import Store
 from services.gateway.deps import Services
@@ -38,10 +40,14 @@ def open_services() -> Services:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    app.state.services = open_services()
+    services = app.state.services = open_services()
+    queues = QueueDepthCollector(services.common.redis_url, list(STAGE_QUEUES.values()),
+                                 DEAD_LETTER_KEY)
+    REGISTRY.register(queues)
     yield
-    await app.state.services.redis.aclose()
-    app.state.services.triton.close()
+    REGISTRY.unregister(queues)
+    await services.redis.aclose()
+    services.triton.close()
 
 
 def create_app() -> FastAPI:

@@ -6,6 +6,7 @@ import time
 from functools import cache
 
 from radreport.serving.client import ReportClient
+from services.common.metrics import MODEL_LATENCY
 from services.common.queue import StageContext, stage_task
 from services.common.schemas import LetterboxInfo, ReportStatus
 from services.common.settings import get_common_settings
@@ -29,6 +30,7 @@ def infer(ctx: StageContext) -> None:
     start = time.perf_counter()
     (served,) = triton().generate(model_input[None])
     elapsed_ms = (time.perf_counter() - start) * 1000
+    MODEL_LATENCY.observe(elapsed_ms / 1000)
     draft = draft_from_served(served, LetterboxInfo(**prepared["letterbox"]),
                               get_inference_settings().box_threshold, elapsed_ms)
     ctx.blobs.put_json(report_id, "draft.json", draft.model_dump(mode="json"))

@@ -7,8 +7,10 @@ from functools import cache
 import numpy as np
 
 from radreport.model.report import DEFAULT_MODEL_DIR, MODEL_INFO_FILE, ModelInfo
+from services.common.metrics import INPUT_DRIFT
 from services.common.queue import PermanentError, StageContext, stage_task
 from services.common.schemas import LetterboxInfo, ReportStatus
+from services.preprocess import drift
 from services.preprocess.imaging import InputRefused, load_image, prepare_for_model
 from services.preprocess.settings import get_preprocess_settings
 
@@ -36,6 +38,9 @@ def preprocess(ctx: StageContext) -> None:
         raise PermanentError(str(err)) from err
     model_input, letterbox = prepare_for_model(decoded, model_input_size(), clahe=settings.clahe)
     ctx.blobs.put_array(report_id, "model_input.npy", model_input[None].astype(np.float32))
+    training = drift.reference()
+    if training is not None:
+        INPUT_DRIFT.observe(drift.ks_distance(drift.histogram(model_input), training))
     if not decoded.reduced:  # else the grounding stage decodes the full image itself
         ctx.blobs.put_array(report_id, "display.npy", to_uint16(decoded.display))
     ctx.blobs.put_json(report_id, "preprocess.json", {

@@ -1,0 +1,52 @@
+"""Input drift: how far a study's pixel intensities are from what the model was trained on.
+
+The reference is the intensity histogram of training-split phantoms' model inputs, shipped
+beside the model (``intensity_reference.json``); the statistic is the two-sample
+Kolmogorov-Smirnov distance between the histograms' cumulative distributions (our design
+docs, 000 section 4.5).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from radreport.model.report import DEFAULT_MODEL_DIR
+
+REFERENCE_FILE = "intensity_reference.json"
+BINS = 32
+
+
+def histogram(pixels: np.ndarray, bins: int = BINS) -> np.ndarray:
+    counts, _ = np.histogram(np.clip(pixels, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
+    return counts / max(1, counts.sum())
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest gap between two histograms' cumulative distributions, in [0, 1]."""
+    return float(np.abs(np.cumsum(a) - np.cumsum(b)).max())
+
+
+@cache
+def reference(model_dir: Path = DEFAULT_MODEL_DIR) -> np.ndarray | None:
+    path = model_dir / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    return np.asarray(json.loads(path.read_text())["histogram"], dtype=np.float64)
+
+
+def make_reference(count: int = 64) -> dict[str, object]:
+    """The reference of the training split: model inputs of ``count`` phantoms."""
+    from radreport.eval.evaluate import render_case, split_seeds
+    from radreport.model.report import to_model_input
+
+    total = np.zeros(BINS)
+    for seed in split_seeds("train", count):
+        model_input, _ = to_model_input(render_case(seed).image, 256)
+        total += histogram(model_input)
+    return {"bins": BINS, "range": [0.0, 1.0], "studies": count,
+            "source": "training-split phantoms, letterboxed 256 px model inputs",
+            "histogram": (total / count).round(6).tolist()}
