@@ -43,8 +43,30 @@ ATTENTION_ENTROPY = Histogram("radreport_attention_entropy_bits",
 INPUT_DRIFT = Histogram("radreport_input_ks_distance",
                         "KS distance of a study's pixel intensities from the training reference",
                         buckets=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0))
+REPORT_LATENCY = Histogram("radreport_report_seconds",
+                           "From accepting a study to its completed report",
+                           buckets=LATENCY_BUCKETS)
 MODEL_LATENCY = Histogram("radreport_model_seconds", "Triton round trip for one report",
                           buckets=LATENCY_BUCKETS)
+
+
+
+def _initialise_known_labels() -> None:
+    """Export 0 for every known label value, so a rate is 0 rather than missing."""
+    from radreport.data.labels import CHEXPERT_LABELS, CRITICAL_LABELS
+
+    for label in CHEXPERT_LABELS:
+        for source in ("text", "label_head"):
+            FINDINGS_STATED.labels(label, source)
+    for label in CRITICAL_LABELS:
+        QA_DISAGREEMENTS.labels(label)
+    for reason in ("critical finding disagreement", "low confidence", "image quality"):
+        REVIEW_REQUIRED.labels(reason)
+    for status in ("completed", "failed"):
+        REPORTS_FINISHED.labels(status)
+
+
+_initialise_known_labels()
 
 
 class QueueDepthCollector(Collector):

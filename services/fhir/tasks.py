@@ -8,6 +8,7 @@ from services.common.metrics import (
     ATTENTION_ENTROPY,
     FINDINGS_STATED,
     QA_DISAGREEMENTS,
+    REPORT_LATENCY,
     REPORTS_DRAFTED,
     REPORTS_FINISHED,
     REVIEW_REQUIRED,
@@ -61,6 +62,7 @@ def format_report(ctx: StageContext) -> None:
                      * 1000)
     if ctx.store.complete(report.id, result, elapsed_ms):
         REPORTS_FINISHED.labels(ReportStatus.completed.value).inc()
+        REPORT_LATENCY.observe(elapsed_ms / 1000)
         record_clinical_signals(draft, reasons, policy)
         notify(report.id, ReportStatus.completed.value)
 
