@@ -197,13 +197,20 @@ def test_a_killed_worker_loses_nothing_and_repeats_nothing(api: httpx.Client, st
     while killed is None and time.monotonic() < deadline:
         for report_id in report_ids:
             report = store.get(report_id)
-            if report is not None and report.status == "inferring":
-                children = subprocess.run(["pgrep", "-P", str(worker.pid)], text=True,
-                                          capture_output=True).stdout.split()
+            if report is None or report.status != "inferring":
+                continue
+            children = [int(pid) for pid in subprocess.run(
+                ["pgrep", "-P", str(worker.pid)], text=True, capture_output=True).stdout.split()]
+            for child in children:  # freeze, then make sure the task is still under way
+                os.kill(child, signal.SIGSTOP)
+            draft = stack.config.data_dir / "blobs" / "reports" / report_id / "draft.json"
+            if store.get(report_id).status == "inferring" and not draft.exists():  # type: ignore[union-attr]
                 for child in children:
-                    os.kill(int(child), signal.SIGKILL)
+                    os.kill(child, signal.SIGKILL)
                 killed = report_id
                 break
+            for child in children:  # it had just finished: let it go on, try the next one
+                os.kill(child, signal.SIGCONT)
     assert killed is not None, "never saw a report in the inference stage"
     reports = {}
     deadline = time.monotonic() + 180
