@@ -276,6 +276,33 @@ def calibrate(
 
 
 @app.command()
+def token(
+    role: Annotated[str, typer.Option(help="radiologist | service | admin")] = "radiologist",
+    subject: Annotated[str | None, typer.Option(help="Who the token names.")] = None,
+    ttl: Annotated[int, typer.Option(min=1, max=86400, help="Lifetime in seconds.")] = 900,
+) -> None:
+    """Print a short-lived bearer token for the local stack (its own signing key)."""
+    from radreport.stack import StackConfig
+    from services.common.auth import Role
+
+    if role not in {r.value for r in Role}:
+        raise typer.BadParameter(f"unknown role {role!r}", param_hint="--role")
+    typer.echo(StackConfig.from_env().token(role, subject or f"local-{role}", ttl))
+
+
+@app.command("api-key")
+def api_key(
+    subject: Annotated[str, typer.Option(help="The machine, e.g. ris-bridge.")],
+) -> None:
+    """Create an API key (role service) for a machine client; shown once, stored hashed."""
+    from radreport.stack import StackConfig
+    from services.common.auth import AuthSettings, Role, create_api_key
+
+    typer.echo(create_api_key(subject, Role.service,
+                              AuthSettings(key_dir=StackConfig.from_env().key_dir)))
+
+
+@app.command()
 def up(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 180.0,
 ) -> None:
@@ -321,10 +348,13 @@ def report(
 
     from radreport.stack import StackConfig
 
-    base = gateway or StackConfig.from_env().gateway_url
+    config = StackConfig.from_env()
+    base = gateway or config.gateway_url
+    token = os.environ.get("RADREPORT_TOKEN") or config.token("service", "radreport-cli")
+    headers = {"Authorization": f"Bearer {token}"}
     study = study_id or image.stem.replace(" ", "_")[:64]
     with image.open("rb") as handle:
-        response = httpx.post(f"{base}/api/v1/reports/generate", timeout=120,
+        response = httpx.post(f"{base}/api/v1/reports/generate", timeout=120, headers=headers,
                               files={"file": (image.name, handle)},
                               data={"study_id": study, "force": str(force).lower()})
     body = response.json()
@@ -355,7 +385,8 @@ def report(
                           ("grounding.json", body["grounding_map_url"]),
                           *((f"overlay-{s['index']:02d}.png", s["overlay_url"])
                             for s in body["sentences"])):
-            (save / name).write_bytes(httpx.get(f"{base}{url}", timeout=30).content)
+            (save / name).write_bytes(httpx.get(f"{base}{url}", timeout=30,
+                                                headers=headers).content)
         typer.echo(f"saved the report, FHIR bundle, maps and overlays in {save}")
 
 

@@ -81,6 +81,17 @@ class StackConfig:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
+    @property
+    def key_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    def token(self, role: str, subject: str | None = None, ttl_s: int | None = None) -> str:
+        """A bearer token the stack's gateway accepts (signed with its local key)."""
+        from services.common.auth import AuthSettings, Role, issue_token
+
+        return issue_token(subject or f"local-{role}", Role(role),
+                           AuthSettings(key_dir=self.key_dir), ttl_s)
+
     def environment(self) -> dict[str, str]:
         """What every service process is started with."""
         return {**os.environ,

@@ -49,6 +49,12 @@ REPORT_LATENCY = Histogram("radreport_report_seconds",
 MODEL_LATENCY = Histogram("radreport_model_seconds", "Triton round trip for one report",
                           buckets=LATENCY_BUCKETS)
 
+REPORTS_SIGNED = Counter("radreport_reports_signed_total",
+                         "Reports signed by a radiologist, by whether the AI text was edited",
+                         ["edited"])
+EDIT_DISTANCE = Histogram("radreport_report_edit_distance",
+                          "Normalised edit distance between the AI draft and the signed text",
+                          buckets=(0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0))
 
 
 def _initialise_known_labels() -> None:
@@ -64,6 +70,8 @@ def _initialise_known_labels() -> None:
         REVIEW_REQUIRED.labels(reason)
     for status in ("completed", "failed"):
         REPORTS_FINISHED.labels(status)
+    for edited in ("yes", "no"):
+        REPORTS_SIGNED.labels(edited)
 
 
 _initialise_known_labels()

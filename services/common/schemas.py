@@ -114,6 +114,12 @@ class ReportPublic(BaseModel):
     processing_time_ms: int | None = None
     stage_timings_ms: dict[str, float] = Field(
         default_factory=dict, description="Time spent in each pipeline stage")
+    review_status: Literal["draft", "signed", "amended"] = "draft"
+    signed_by: str | None = None
+    signed_at: datetime | None = None
+    edit_distance: float | None = Field(
+        default=None, description="Normalised edit distance of the reviewed text from the AI "
+                                  "draft (findings and impression shown are the reviewed text)")
     model_version: str
     created_at: datetime
     updated_at: datetime

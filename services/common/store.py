@@ -24,6 +24,7 @@ from alembic.config import Config
 from sqlalchemy import (
     JSON,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -71,6 +72,11 @@ class Report(Base):
     processing_time_ms: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)  # per stage
     timings: Mapped[dict[str, float] | None] = mapped_column(JSON)  # ms per finished stage
+    review_status: Mapped[str] = mapped_column(String(16), default="draft")  # |signed|amended
+    reviewed_text: Mapped[dict[str, str] | None] = mapped_column(JSON)  # findings, impression
+    signed_by: Mapped[str | None] = mapped_column(String(128))
+    signed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    edit_distance: Mapped[float | None] = mapped_column(Float)  # vs the AI draft, 0..1
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -251,6 +257,34 @@ class Store:
             attempts[stage] = attempts.get(stage, 0) + 1
             report.attempts = attempts
             return attempts[stage]
+
+    def save_review(self, report_id: str, text: dict[str, str], signer: str | None,
+                    edit_distance: float) -> Report | None:
+        """Store a radiologist's text; signing makes it signed, a later change amended."""
+        now = utcnow()
+        with self.session() as session:
+            report = session.get(Report, report_id, with_for_update=True)
+            if report is None or report.status != ReportStatus.completed.value:
+                return None
+            was_signed = report.review_status in ("signed", "amended")
+            changed = text != (report.reviewed_text or {})
+            report.reviewed_text = text
+            report.edit_distance = edit_distance
+            if signer is not None:
+                report.review_status = "amended" if was_signed and changed else (
+                    report.review_status if was_signed else "signed")
+                report.signed_by, report.signed_at = signer, now
+            elif was_signed and changed:
+                report.review_status = "amended"
+            report.updated_at = now
+            session.add(StatusChange(report_id=report_id, status=f"review:{report.review_status}",
+                                     reason=None, at=now))
+            return report
+
+    def worklist(self, limit: int = 200) -> list[Report]:
+        with self.session() as session:
+            return list(session.scalars(select(Report).where(Report.idempotency_key.is_not(None))
+                                        .order_by(Report.created_at.desc()).limit(limit)))
 
     def record_timing(self, report_id: str, stage: str, milliseconds: float) -> None:
         with self.session() as session:

@@ -89,7 +89,8 @@ class StudyCompleter:
             return
         report, _ = accept_study(
             self.store, self.blobs, study_id=study_uid, model_version=self.model_version,
-            request={"source": "dicom", "calling_aet": chosen.calling_aet}, image=data,
+            request={"source": "dicom", "calling_aet": chosen.calling_aet,
+                     "requested_by": "dicom-gateway"}, image=data,
             image_format="dicom", metadata=metadata, source="dicom")
         self.mark(study_uid, "queued", report.id, None)
         STUDIES_COMPLETED.labels("queued").inc()

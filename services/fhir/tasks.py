@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import version
-
 from services.common.metrics import (
     ATTENTION_ENTROPY,
     FINDINGS_STATED,
@@ -16,6 +14,7 @@ from services.common.metrics import (
 from services.common.queue import StageContext, notify, stage_task
 from services.common.schemas import Draft, ImageQuality, ReportStatus
 from services.common.store import utcnow
+from services.fhir.bundle import report_bundle
 from services.fhir.findings import (
     FINDING_LABELS,
     ReviewPolicy,
@@ -23,7 +22,6 @@ from services.fhir.findings import (
     review_reasons,
     structured_findings,
 )
-from services.fhir.report import FhirContext, build_bundle
 from services.fhir.settings import get_fhir_settings
 
 
@@ -37,18 +35,9 @@ def format_report(ctx: StageContext) -> None:
     quality = ImageQuality(**stored_quality) if stored_quality else None
     findings = structured_findings(draft, policy)
     reasons = review_reasons(draft, quality, policy)
-    api = f"{ctx.settings.public_base_url}/api/v1"
-    overlays = [f"{api}/reports/{report.id}/sentences/{i}/overlay.png"
-                for i in range(len(draft.sentences))]
     issued = utcnow()
-    bundle = build_bundle(draft, findings, overlays, FhirContext(
-        report_id=report.id, study_id=report.study_id,
-        study_instance_uid=report.source.get("study_instance_uid"),
-        subject_reference=report.request.get("subject_reference"),
-        encounter_reference=report.request.get("encounter_reference"),
-        issued=issued, effective=None, base_url=api, software_name="radreport",
-        software_version=version("radreport")))
-    ctx.blobs.put_json(report.id, "fhir.json", bundle)
+    ctx.blobs.put_json(report.id, "fhir.json", report_bundle(
+        report, draft, findings, ctx.settings.public_base_url, issued))
     result = {
         "findings": draft.findings, "impression": draft.impression,
         "sentences": [{"text": s.text, "section": s.section, "boxes": s.boxes,

@@ -6,14 +6,17 @@ import argparse
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
 
 from radreport.model.report import DEFAULT_MODEL_DIR, MODEL_INFO_FILE, ModelInfo
 from radreport.serving.client import ReportClient
+from services.common.auth import Authenticator, get_auth_settings
 from services.common.blobs import BlobStore
 from services.common.logs import configure_logging
 from services.common.metrics import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
@@ -21,8 +24,10 @@ from services.common.queue import DEAD_LETTER_KEY, STAGE_QUEUES
 from services.common.settings import get_common_settings
 from services.common.store import Store
 from services.gateway.deps import Services
-from services.gateway.routes import health, reports
+from services.gateway.routes import health, reports, review
 from services.gateway.settings import get_gateway_settings
+
+STATIC = Path(__file__).parent / "static"
 
 
 def open_services() -> Services:
@@ -35,7 +40,8 @@ def open_services() -> Services:
                     blobs=BlobStore(common.blobs), redis=aioredis.from_url(common.redis_url),
                     triton=ReportClient(common.triton_url, common.triton_model, timeout_s=2.0,
                                         retries=0),
-                    model_version=info.model_version)
+                    model_version=info.model_version,
+                    auth=Authenticator(get_auth_settings()))
 
 
 @asynccontextmanager
@@ -55,7 +61,9 @@ def create_app() -> FastAPI:
                   description="Grounded chest X-ray report drafts. Not for clinical use: "
                               "the shipped model is trained on synthetic phantoms.")
     app.include_router(reports.router)
+    app.include_router(review.router)
     app.include_router(health.router)
+    app.mount("/review", StaticFiles(directory=STATIC, html=True), name="review")
 
     @app.middleware("http")
     async def record_metrics(request: Request,

@@ -28,8 +28,9 @@ def to_public(report: Report) -> ReportPublic:
             result.get("sentences", []))]
     return ReportPublic(
         report_id=report.id, study_id=report.study_id, status=ReportStatus(report.status),
-        status_reason=report.status_reason, findings=result.get("findings"),
-        impression=result.get("impression"), sentences=sentences,
+        status_reason=report.status_reason,
+        findings=(report.reviewed_text or result).get("findings"),
+        impression=(report.reviewed_text or result).get("impression"), sentences=sentences,
         findings_structured=[StructuredFinding(**f)
                              for f in result.get("findings_structured", [])],
         grounding_map_url=f"{base}/grounding", fhir_url=f"{base}/fhir",
@@ -37,7 +38,10 @@ def to_public(report: Report) -> ReportPublic:
         requires_radiologist_review=result.get("requires_radiologist_review"),
         review_reasons=result.get("review_reasons", []),
         processing_time_ms=report.processing_time_ms,
-        stage_timings_ms=report.timings or {}, model_version=report.model_version,
+        stage_timings_ms=report.timings or {},
+        review_status=report.review_status or "draft",  # type: ignore[arg-type]
+        signed_by=report.signed_by, signed_at=report.signed_at,
+        edit_distance=report.edit_distance, model_version=report.model_version,
         created_at=report.created_at, updated_at=report.updated_at)
 
 

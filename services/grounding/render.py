@@ -7,10 +7,12 @@ stage has not yet, or never will (full-size overlays are only drawn on request).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from services.common.blobs import BlobStore, write_atomic
 from services.common.schemas import Draft
@@ -52,3 +54,19 @@ def grounding_maps(blobs: BlobStore, report_id: str) -> dict[str, Any]:
     if blobs.exists(report_id, "grounding.json"):
         return dict(blobs.get_json(report_id, "grounding.json"))
     return compact_maps(Draft.model_validate(blobs.get_json(report_id, "draft.json")))
+
+
+def plain_image(blobs: BlobStore, report_id: str, source_blob: str, max_pixels: int,
+                preview: bool) -> Path:
+    """The study image without heat, as the reviewer first sees it (PNG, kept once drawn)."""
+    name = "image.preview.png" if preview else "image.png"
+    path = blobs.path(report_id, name)
+    if path.is_file():
+        return path
+    display = display_image(blobs, report_id, source_blob, max_pixels)
+    image = Image.fromarray(np.round(np.clip(display, 0, 1) * 255).astype(np.uint8))
+    if preview and max(image.size) > PREVIEW_SIDE:
+        image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return write_atomic(path, buffer.getvalue())

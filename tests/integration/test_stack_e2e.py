@@ -44,7 +44,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def api(stack: LocalStack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.config.gateway_url, timeout=120) as client:
+    headers = {"Authorization": f"Bearer {stack.config.token('service', 'e2e-client')}"}
+    with httpx.Client(base_url=stack.config.gateway_url, timeout=120, headers=headers) as client:
         yield client
 
 

@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from services.common.auth import Principal, Role
 from services.common.intake import accept_study
 from services.common.metrics import INPUT_REJECTED
 from services.common.queue import NOTIFY_CHANNEL
@@ -29,7 +30,7 @@ from services.common.schemas import (
     ReportSummary,
 )
 from services.common.store import Report
-from services.gateway.deps import ActorDep, ClientDep, Services, ServicesDep
+from services.gateway.deps import ClientDep, Readers, Requesters, Services, ServicesDep
 from services.gateway.ingest import (
     IngestError,
     check_image,
@@ -141,7 +142,7 @@ def _answer(report: Report) -> JSONResponse:
                413: {"description": "Image too large"},
                415: {"description": "Not DICOM, PNG or JPEG"},
                422: {"description": "Invalid request, or an image we cannot report on"}})
-async def generate_report(request: Request, services: ServicesDep, actor: ActorDep,
+async def generate_report(request: Request, services: ServicesDep, principal: Requesters,
                           client: ClientDep,
                           prefer: Annotated[str | None, Header()] = None) -> JSONResponse:
     """Draft a grounded report for one study.
@@ -156,31 +157,40 @@ async def generate_report(request: Request, services: ServicesDep, actor: ActorD
             check_image, data, services.settings.max_pixels)
     except IngestError as err:
         INPUT_REJECTED.labels(err.reason).inc()
-        await run_in_threadpool(services.store.audit, actor, "create", "report", None,
-                                "refused", client, err.reason)
+        await run_in_threadpool(services.store.audit, principal.subject, "create", "report",
+                                None, "refused", client, err.reason)
         return JSONResponse({"detail": str(err), "reason": err.reason}, status_code=err.status)
     report, created = await run_in_threadpool(lambda: accept_study(
         services.store, services.blobs, study_id=fields.study_id,
         model_version=services.model_version,
-        request=fields.model_dump(mode="json", exclude={"force"}), image=data,
+        request={**fields.model_dump(mode="json", exclude={"force"}),
+                 "requested_by": principal.subject}, image=data,
         image_format=image_format, metadata=metadata, source="api", force=fields.force))
-    await run_in_threadpool(services.store.audit, actor, "create" if created else "read",
-                            "report", report.id, "success", client)
+    await run_in_threadpool(services.store.audit, principal.subject,
+                            "create" if created else "read", "report", report.id, "success",
+                            client)
     wants_async = prefer is not None and "respond-async" in prefer.lower()
     if not wants_async and not ReportStatus(report.status).finished:
         report = await _wait_finished(services, report.id, services.settings.sync_wait_s)
     return _answer(report)
 
 
-async def _readable(services: Services, report_id: str, actor: str, client: str | None,
-                    what: str) -> Report:
+def visible_to(report: Report, principal: Principal) -> bool:
+    """Machines see only the reports they asked for; people by role see all."""
+    return principal.role != Role.service or report.request.get("requested_by") == principal.subject
+
+
+async def _readable(services: Services, report_id: str, principal: Principal,
+                    client: str | None, what: str, action: str = "read") -> Report:
+    """The report if it exists and this caller may see it; 404 alike otherwise (no leak)."""
     report = None
     if report_id.startswith("RPT-") and len(report_id) <= 40:
         report = await run_in_threadpool(services.store.get, report_id)
-    await run_in_threadpool(services.store.audit, actor, "read", what,
-                            report_id if report else None,
-                            "success" if report else "not_found", client)
-    if report is None:
+    allowed = report is not None and visible_to(report, principal)
+    outcome = "success" if allowed else ("denied" if report else "not_found")
+    await run_in_threadpool(services.store.audit, principal.subject, action, what,
+                            report_id if report else None, outcome, client)
+    if report is None or not allowed:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no report with this id")
     return report
 
@@ -193,19 +203,19 @@ def _completed(report: Report) -> None:
 
 @router.get("/reports/{report_id}", response_model=ReportPublic,
             responses={404: {"description": "Unknown report"}})
-async def get_report(report_id: str, services: ServicesDep, actor: ActorDep,
+async def get_report(report_id: str, services: ServicesDep, principal: Readers,
                      client: ClientDep) -> ReportPublic:
-    return to_public(await _readable(services, report_id, actor, client, "report"))
+    return to_public(await _readable(services, report_id, principal, client, "report"))
 
 
 @router.get("/reports/{report_id}/fhir",
             responses={200: {"content": {"application/fhir+json": {}}},
                        404: {"description": "Unknown report"},
                        409: {"description": "Not completed yet"}})
-async def get_report_fhir(report_id: str, services: ServicesDep, actor: ActorDep,
+async def get_report_fhir(report_id: str, services: ServicesDep, principal: Readers,
                           client: ClientDep) -> Response:
     """The report as an HL7 FHIR R4 Bundle: DiagnosticReport, Observations, Provenance."""
-    report = await _readable(services, report_id, actor, client, "fhir")
+    report = await _readable(services, report_id, principal, client, "fhir")
     _completed(report)
     data = await run_in_threadpool(services.blobs.path(report.id, "fhir.json").read_bytes)
     return Response(data, media_type="application/fhir+json")
@@ -214,10 +224,10 @@ async def get_report_fhir(report_id: str, services: ServicesDep, actor: ActorDep
 @router.get("/reports/{report_id}/grounding",
             responses={404: {"description": "Unknown report"},
                        409: {"description": "Not completed yet"}})
-async def get_report_grounding(report_id: str, services: ServicesDep, actor: ActorDep,
+async def get_report_grounding(report_id: str, services: ServicesDep, principal: Readers,
                                client: ClientDep) -> Response:
     """Per-sentence grounding maps over the model input, the letterbox, and boxes."""
-    report = await _readable(services, report_id, actor, client, "grounding")
+    report = await _readable(services, report_id, principal, client, "grounding")
     _completed(report)
     maps = await run_in_threadpool(grounding_maps, services.blobs, report.id)
     return JSONResponse(maps)
@@ -229,11 +239,11 @@ async def get_report_grounding(report_id: str, services: ServicesDep, actor: Act
                        404: {"description": "Unknown report or sentence"},
                        409: {"description": "Not completed yet"}})
 async def get_sentence_overlay(report_id: str, index: int, services: ServicesDep,
-                               actor: ActorDep, client: ClientDep,
+                               principal: Readers, client: ClientDep,
                                size: Annotated[str, Query(pattern="^(full|preview)$")] = "full",
                                ) -> FileResponse:
     """The sentence's heatmap and boxes on the image, full size or as a preview."""
-    report = await _readable(services, report_id, actor, client, "overlay")
+    report = await _readable(services, report_id, principal, client, "overlay")
     _completed(report)
     try:  # drawn on first request if the grounding stage has not made it, then kept
         path = await run_in_threadpool(overlay, services.blobs, report.id,
@@ -245,11 +255,12 @@ async def get_sentence_overlay(report_id: str, index: int, services: ServicesDep
 
 
 @router.get("/studies/{study_id}/reports", response_model=list[ReportSummary])
-async def list_study_reports(study_id: str, services: ServicesDep, actor: ActorDep,
+async def list_study_reports(study_id: str, services: ServicesDep, principal: Readers,
                              client: ClientDep) -> list[ReportSummary]:
     """Every report of a study, oldest first (forced regenerations included)."""
-    reports = await run_in_threadpool(services.store.list_for_study, study_id[:128])
-    await run_in_threadpool(services.store.audit, actor, "read", "study_reports",
+    reports = [r for r in await run_in_threadpool(services.store.list_for_study, study_id[:128])
+               if visible_to(r, principal)]
+    await run_in_threadpool(services.store.audit, principal.subject, "read", "study_reports",
                             reports[0].study_id if reports else None,
                             "success" if reports else "not_found", client)
     return [to_summary(r) for r in reports]

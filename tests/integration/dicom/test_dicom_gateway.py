@@ -146,12 +146,17 @@ def _reports(stack: LocalStack, study_uid: str, timeout: float = 120) -> list[di
     deadline = time.monotonic() + timeout
     reports: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        listed = httpx.get(f"{stack.config.gateway_url}/api/v1/studies/{study_uid}/reports")
+        listed = httpx.get(f"{stack.config.gateway_url}/api/v1/studies/{study_uid}/reports",
+                           headers=_auth(stack))
         reports = listed.json() if listed.status_code == 200 else []
         if reports and all(r["status"] in ("completed", "failed") for r in reports):
             return reports
         time.sleep(0.5)
     return reports
+
+
+def _auth(stack: LocalStack) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.config.token('radiologist', 'dr-test')}"}
 
 
 def _wait(condition: Any, timeout: float = 60) -> bool:
@@ -180,7 +185,8 @@ def test_studies_in_each_syntax_come_back_as_reports_and_results_in_pacs(
     study_uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
     (report,) = _reports(stack, study_uid)
     assert report["status"] == "completed"
-    full = httpx.get(f"{stack.config.gateway_url}/api/v1/reports/{report['report_id']}").json()
+    full = httpx.get(f"{stack.config.gateway_url}/api/v1/reports/{report['report_id']}",
+                     headers=_auth(stack)).json()
     assert full["findings"] and full["sentences"]
     # the SR and one overlay per sentence land in the same study in PACS
     expected = 1 + 1 + len(full["sentences"])  # the image itself is not sent back

@@ -93,7 +93,8 @@ def traffic(stack: LocalStack, prometheus: str, tmp_path_factory: pytest.TempPat
             ) -> None:
     """Studies through the API and one refused upload, while Prometheus watches."""
     folder = tmp_path_factory.mktemp("studies")
-    with httpx.Client(base_url=stack.config.gateway_url, timeout=120) as api:
+    headers = {"Authorization": f"Bearer {stack.config.token('service', 'obs-client')}"}
+    with httpx.Client(base_url=stack.config.gateway_url, timeout=120, headers=headers) as api:
         for seed in range(3):
             path = write_study_dicom(generate_study(200 + seed, 384), folder,
                                      DicomOptions("DX", "MONOCHROME2", 12,

@@ -1,0 +1,188 @@
+"""Radiologist review: the worklist, editing, sign-off; who am I; the audit trail (admins).
+
+Signing makes the FHIR DiagnosticReport final; changing a signed report makes it amended.
+The edit distance between the AI draft and the signed text is stored and exported (the
+report edit rate of our design docs, the product's primary quality measure).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+from rapidfuzz.distance import Levenshtein
+
+from services.common.auth import Principal
+from services.common.metrics import EDIT_DISTANCE, REPORTS_SIGNED
+from services.common.schemas import ReportStatus
+from services.common.store import Report, utcnow
+from services.fhir.bundle import rewrite_bundle
+from services.fhir.report import FhirReportStatus
+from services.gateway.deps import (
+    Admins,
+    ClientDep,
+    PrincipalDep,
+    Radiologists,
+    Readers,
+    Reviewers,
+    Services,
+    ServicesDep,
+)
+from services.gateway.routes.reports import _completed, _readable
+from services.gateway.views import to_public
+from services.grounding.render import plain_image
+
+router = APIRouter(prefix="/api/v1", tags=["review"])
+FHIR_STATUS: dict[str, FhirReportStatus] = {"draft": "preliminary", "signed": "final",
+                                            "amended": "amended"}
+
+
+class Me(BaseModel):
+    subject: str
+    role: str
+
+
+class WorklistItem(BaseModel):
+    report_id: str
+    study_id: str
+    status: ReportStatus
+    review_status: Literal["draft", "signed", "amended"]
+    priority: Literal["critical", "review", "routine"]
+    critical_findings: list[str]
+    requires_radiologist_review: bool | None
+    created_at: datetime
+
+
+class ReportText(BaseModel):
+    findings: str = Field(max_length=20_000)
+    impression: str = Field(max_length=5_000)
+
+
+class AuditRecord(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    resource_type: str
+    resource_id: str | None
+    outcome: str
+    client: str | None
+    detail: str | None
+
+
+@router.get("/auth/me", response_model=Me)
+async def who_am_i(principal: PrincipalDep) -> Me:
+    return Me(subject=principal.subject, role=principal.role.value)
+
+
+def _priority(report: Report) -> tuple[str, list[str]]:
+    result = report.result or {}
+    critical = [f["finding"] for f in result.get("findings_structured", [])
+                if f.get("is_critical") and f.get("present")]
+    if critical:
+        return "critical", critical
+    return ("review" if result.get("requires_radiologist_review") else "routine"), []
+
+
+@router.get("/worklist", response_model=list[WorklistItem])
+async def worklist(services: ServicesDep, principal: Reviewers,
+                   client: ClientDep) -> list[WorklistItem]:
+    """Current reports, critical findings first, then those flagged for review."""
+    reports = await run_in_threadpool(services.store.worklist)
+    await run_in_threadpool(services.store.audit, principal.subject, "read", "worklist", None,
+                            "success", client)
+    items = []
+    for report in reports:
+        priority, critical = _priority(report)
+        items.append(WorklistItem(
+            report_id=report.id, study_id=report.study_id, status=ReportStatus(report.status),
+            review_status=report.review_status,  # type: ignore[arg-type]
+            priority=priority,  # type: ignore[arg-type]
+            critical_findings=critical,
+            requires_radiologist_review=(report.result or {}).get(
+                "requires_radiologist_review"), created_at=report.created_at))
+    order = {"critical": 0, "review": 1, "routine": 2}
+    unsigned_first = {"draft": 0, "amended": 1, "signed": 2}
+    return sorted(items, key=lambda i: (unsigned_first[i.review_status], order[i.priority]))
+
+
+def edit_distance(report: Report, text: ReportText) -> float:
+    """Normalised Levenshtein distance of the whole text: 0 unchanged, 1 all rewritten."""
+    result = report.result or {}
+    draft = f"{result.get('findings', '')}\n{result.get('impression', '')}"
+    return round(Levenshtein.normalized_distance(draft, f"{text.findings}\n{text.impression}"),
+                 4)
+
+
+async def _review(services: Services, report_id: str, principal: Principal,
+                  client: str | None, text: ReportText, sign: bool) -> Report:
+    report = await _readable(services, report_id, principal, client, "report",
+                             action="sign" if sign else "edit")
+    _completed(report)
+    distance = edit_distance(report, text)
+    updated = await run_in_threadpool(
+        services.store.save_review, report.id, text.model_dump(),
+        principal.subject if sign else None, distance)
+    if updated is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, "the report cannot be reviewed now")
+    fhir_status: FhirReportStatus = FHIR_STATUS[updated.review_status]
+    await run_in_threadpool(rewrite_bundle, updated, services.blobs,
+                            services.common.public_base_url, utcnow(),
+                            fhir_status, text.model_dump())
+    if sign:
+        REPORTS_SIGNED.labels("yes" if distance > 0 else "no").inc()
+        EDIT_DISTANCE.observe(distance)
+    return updated
+
+
+@router.put("/reports/{report_id}/text",
+            responses={404: {"description": "Unknown report"}, 409: {"description": "Not ready"}})
+async def save_text(report_id: str, text: ReportText, services: ServicesDep,
+                    principal: Radiologists, client: ClientDep) -> dict[str, object]:
+    """Save the radiologist's findings and impression (a signed report becomes amended)."""
+    report = await _review(services, report_id, principal, client, text, sign=False)
+    return review_view(report)
+
+
+@router.post("/reports/{report_id}/sign",
+             responses={404: {"description": "Unknown report"}, 409: {"description": "Not ready"}})
+async def sign_report(report_id: str, text: ReportText, services: ServicesDep,
+                      principal: Radiologists, client: ClientDep) -> dict[str, object]:
+    """Sign the report with this text: the FHIR DiagnosticReport becomes final."""
+    report = await _review(services, report_id, principal, client, text, sign=True)
+    return review_view(report)
+
+
+def review_view(report: Report) -> dict[str, object]:
+    return to_public(report).model_dump(mode="json")
+
+
+@router.get("/reports/{report_id}/image.png", response_class=FileResponse,
+            responses={200: {"content": {"image/png": {}}}})
+async def study_image(report_id: str, services: ServicesDep, principal: Readers,
+                      client: ClientDep,
+                      size: Annotated[str, Query(pattern="^(full|preview)$")] = "preview",
+                      ) -> FileResponse:
+    """The study image as radiologists see it (the header's window), without heat."""
+    report = await _readable(services, report_id, principal, client, "image")
+    _completed(report)
+    path = await run_in_threadpool(plain_image, services.blobs, report.id,
+                                   report.source["blob"], services.settings.max_pixels,
+                                   size == "preview")
+    return FileResponse(path, media_type="image/png")
+
+
+@router.get("/audit", response_model=list[AuditRecord])
+async def audit_trail(services: ServicesDep, principal: Admins, client: ClientDep,
+                      resource_id: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditRecord]:
+    """Who did what, newest first (admins only; reading it is audited too)."""
+    events = await run_in_threadpool(services.store.audit_events, resource_id, limit)
+    await run_in_threadpool(services.store.audit, principal.subject, "read", "audit",
+                            resource_id, "success", client)
+    return [AuditRecord(at=e.at, actor=e.actor, action=e.action, resource_type=e.resource_type,
+                        resource_id=e.resource_id, outcome=e.outcome, client=e.client,
+                        detail=e.detail) for e in events]
