@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 from datetime import UTC, datetime
 
@@ -24,3 +25,13 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def forward_audit_to_syslog(address: str) -> None:
+    """Send every audit record to a syslog collector (``host:port``, UDP; IHE ATNA-style
+    transport, RFC 5424 framing left to the collector)."""
+    host, _, port = address.rpartition(":")
+    handler = logging.handlers.SysLogHandler(address=(host, int(port)),
+                                             facility=logging.handlers.SysLogHandler.LOG_AUTH)
+    handler.setFormatter(logging.Formatter("radreport-audit: %(message)s"))
+    logging.getLogger("radreport.audit").addHandler(handler)

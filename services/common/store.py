@@ -12,6 +12,8 @@ conditional updates, so a redelivered task can never move a finished report agai
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +43,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from services.common.schemas import ReportStatus
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+AUDIT_LOG = logging.getLogger("radreport.audit")
 MIGRATION_LOCK_ID = 7_270_418_001  # any constant shared by every radreport process
 FINISHED = (ReportStatus.completed.value, ReportStatus.failed.value)
 
@@ -302,10 +305,15 @@ class Store:
 
     def audit(self, actor: str, action: str, resource_type: str, resource_id: str | None,
               outcome: str, client: str | None = None, detail: str | None = None) -> None:
+        """Append to the audit table, and to the ``radreport.audit`` log (syslog if set)."""
+        at = utcnow()
         with self.session() as session:
             session.add(AuditEvent(actor=actor, action=action, resource_type=resource_type,
                                    resource_id=resource_id, outcome=outcome, client=client,
-                                   detail=detail, at=utcnow()))
+                                   detail=detail, at=at))
+        AUDIT_LOG.info(json.dumps({"at": at.isoformat(), "actor": actor, "action": action,
+                                   "resource_type": resource_type, "resource_id": resource_id,
+                                   "outcome": outcome, "client": client}))
 
     def audit_events(self, resource_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
         with self.session() as session:

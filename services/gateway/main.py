@@ -18,7 +18,7 @@ from radreport.model.report import DEFAULT_MODEL_DIR, MODEL_INFO_FILE, ModelInfo
 from radreport.serving.client import ReportClient
 from services.common.auth import Authenticator, get_auth_settings
 from services.common.blobs import BlobStore
-from services.common.logs import configure_logging
+from services.common.logs import configure_logging, forward_audit_to_syslog
 from services.common.metrics import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
 from services.common.queue import DEAD_LETTER_KEY, STAGE_QUEUES
 from services.common.settings import get_common_settings
@@ -36,6 +36,8 @@ def open_services() -> Services:
     store.migrate()
     info = ModelInfo.load((settings.model_dir or DEFAULT_MODEL_DIR) / MODEL_INFO_FILE)
     settings.image_root.mkdir(parents=True, exist_ok=True)
+    if settings.audit_syslog:
+        forward_audit_to_syslog(settings.audit_syslog)
     return Services(common=common, settings=settings, store=store,
                     blobs=BlobStore(common.blobs), redis=aioredis.from_url(common.redis_url),
                     triton=ReportClient(common.triton_url, common.triton_model, timeout_s=2.0,
