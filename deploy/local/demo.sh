@@ -27,4 +27,5 @@ echo "The draft report from the stack:"
 "$radreport" report "$study" --study-id DEMO-STUDY-1 --force --save "$DEMO_DIR/report"
 echo
 echo "The stack is still running: API docs at http://127.0.0.1:${RADREPORT_GATEWAY_PORT:-8080}/docs"
+echo "Review page: http://127.0.0.1:${RADREPORT_GATEWAY_PORT:-8080}/review/  (sign in with: $radreport token --role radiologist)"
 echo "Stop it with: $radreport down"
