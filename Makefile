@@ -13,7 +13,7 @@ demo: setup
 	@DEMO_DIR=$(DEMO_DIR) RADREPORT_VENV=$(VENV) bash deploy/local/demo.sh
 
 test: setup
-	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check radreport services tests model_repository
