@@ -284,6 +284,15 @@ class Store:
                                      reason=None, at=now))
             return report
 
+    def stalled(self, older_than_s: float) -> list[Report]:
+        """Reports accepted but never started: queued, no stage attempted, for a while."""
+        cutoff = utcnow().timestamp() - older_than_s
+        with self.session() as session:
+            queued = session.scalars(select(Report).where(
+                Report.status == ReportStatus.queued.value))
+            return [r for r in queued if not r.attempts
+                    and r.created_at.replace(tzinfo=UTC).timestamp() < cutoff]
+
     def worklist(self, limit: int = 200) -> list[Report]:
         with self.session() as session:
             return list(session.scalars(select(Report).where(Report.idempotency_key.is_not(None))

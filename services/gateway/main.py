@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -11,6 +13,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
 
@@ -20,6 +23,7 @@ from services.common.auth import Authenticator, get_auth_settings
 from services.common.blobs import BlobStore
 from services.common.logs import configure_logging, forward_audit_to_syslog
 from services.common.metrics import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
+from services.common.pipeline import submit
 from services.common.queue import DEAD_LETTER_KEY, STAGE_QUEUES
 from services.common.settings import get_common_settings
 from services.common.store import Store
@@ -28,6 +32,7 @@ from services.gateway.routes import health, reports, review
 from services.gateway.settings import get_gateway_settings
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
 
 
 def open_services() -> Services:
@@ -46,13 +51,32 @@ def open_services() -> Services:
                     auth=Authenticator(get_auth_settings()))
 
 
+async def resubmit_stalled(services: Services) -> None:
+    """Queue again a report accepted but never started (say the gateway died between
+    storing it and queueing it), but only while the first queue is empty: a report that
+    merely waits its turn is not sent twice. Stages tolerate a second delivery anyway."""
+    period = services.settings.stall_sweep_s
+    while period > 0:
+        await asyncio.sleep(period)
+        try:
+            if await services.redis.llen(STAGE_QUEUES["preprocess"]) > 0:
+                continue
+            for report in await run_in_threadpool(services.store.stalled, period):
+                log.warning("re-queueing a report that was accepted but never started")
+                await run_in_threadpool(submit, report.id)
+        except Exception:  # the sweep must never take the gateway down
+            log.exception("stalled-report sweep failed")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services = app.state.services = open_services()
     queues = QueueDepthCollector(services.common.redis_url, list(STAGE_QUEUES.values()),
                                  DEAD_LETTER_KEY)
     REGISTRY.register(queues)
+    sweeper = asyncio.create_task(resubmit_stalled(services))
     yield
+    sweeper.cancel()
     REGISTRY.unregister(queues)
     await services.redis.aclose()
     services.triton.close()

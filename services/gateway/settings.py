@@ -24,6 +24,8 @@ class GatewaySettings(BaseSettings):
     sync_wait_s: float = Field(default=30.0, ge=0,
                                description="How long a synchronous generate waits, then 202")
     fetch_timeout_s: float = Field(default=10.0, gt=0, description="image_url download limit")
+    stall_sweep_s: float = Field(default=300.0, ge=0, description="Re-queue reports accepted "
+                                 "but not started after this long; 0: off")
     audit_syslog: str | None = Field(default=None,
                                      description="host:port of a syslog collector for audit")
     model_dir: Path | None = Field(default=None,

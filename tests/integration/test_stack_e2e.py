@@ -37,7 +37,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     config = StackConfig.on_free_ports(tmp_path_factory.mktemp("stack"))
     config.extra_env = {"RADREPORT_GATEWAY_SYNC_WAIT_S": "90",
                         "RADREPORT_RETRY_BACKOFF_S": "0.2",
-                        "RADREPORT_VISIBILITY_TIMEOUT_S": "20"}
+                        "RADREPORT_VISIBILITY_TIMEOUT_S": "20",
+                        "RADREPORT_GATEWAY_STALL_SWEEP_S": "2"}
     with LocalStack(config) as running:
         yield running
 
@@ -228,3 +229,26 @@ def test_a_killed_worker_loses_nothing_and_repeats_nothing(api: httpx.Client, st
     assert sum(r.attempts["infer"] for r in reports.values() if r) > len(report_ids), (
         "the killed task was not delivered again")
     assert redis.Redis.from_url(stack.config.redis_url).llen(DEAD_LETTER_KEY) == 0
+
+
+def test_a_report_stored_but_never_queued_is_picked_up(stack: LocalStack,
+                                                       phantom_dicom: Path) -> None:
+    """As if the gateway died between storing a study and queueing it: the sweep finds the
+    report and queues it, and it completes once."""
+    from services.common.blobs import BlobStore
+
+    store = Store(f"sqlite:///{stack.config.data_dir / 'radreport.db'}")
+    report, created = store.create_or_get("E2E-STALLED", "radreport-phantom:0.1.0",
+                                          {"requested_by": "e2e-client"})
+    assert created
+    BlobStore(stack.config.data_dir / "blobs").put_bytes(report.id, "input.dcm",
+                                                         phantom_dicom.read_bytes())
+    store.set_source(report.id, {"blob": "input.dcm", "format": "dicom"})
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        stored = store.get(report.id)
+        if stored is not None and stored.status == "completed":
+            break
+        time.sleep(0.5)
+    assert stored is not None and stored.status == "completed"
+    assert [c.status for c in store.history(report.id)].count("completed") == 1
