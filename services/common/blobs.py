@@ -19,7 +19,9 @@ import numpy as np
 _REPORT_ID = re.compile(r"^RPT-[0-9a-f]{32}$")
 
 
-def write_atomic(path: Path, data: bytes) -> Path:
+def write_atomic(path: Path, data: bytes, sync_directory: bool = False) -> Path:
+    """Temporary file, fsync, rename; ``sync_directory`` also makes the rename itself
+    survive a power cut (for data we acknowledge to a peer, like a C-STORE)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -31,6 +33,12 @@ def write_atomic(path: Path, data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if sync_directory:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     return path
 
 

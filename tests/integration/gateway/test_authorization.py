@@ -5,17 +5,14 @@ denial is 401, 403 or 404 and its body carries no PHI; every allowed call gets t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from pydicom.uid import ExplicitVRLittleEndian
+from gateway_helpers import post_study
 
-from radreport.data.phantoms import generate_study
-from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
-from radreport.stack import LocalStack, StackConfig
+from radreport.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STUDY = "AUTHZ-STUDY-1"
@@ -23,21 +20,8 @@ PHI_MARKERS = ("PHANTOM", STUDY, "2.25.")  # patient name/id prefix, study id, U
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(StackConfig.on_free_ports(tmp_path_factory.mktemp("authz"))) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def report_id(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = write_study_dicom(generate_study(8, 256), tmp_path_factory.mktemp("study"),
-                             DicomOptions("DX", "MONOCHROME2", 12, str(ExplicitVRLittleEndian)))
-    response = httpx.post(f"{stack.config.gateway_url}/api/v1/reports/generate", timeout=120,
-                          headers=_bearer(stack.config.token("service", "owner-ris")),
-                          data={"study_id": STUDY},
-                          files={"file": ("s.dcm", path.read_bytes())})
-    assert response.status_code == 200, response.text
-    return str(response.json()["report_id"])
+    return post_study(stack, tmp_path_factory.mktemp("study"), STUDY, 8, "owner-ris")
 
 
 def _bearer(token: str) -> dict[str, str]:

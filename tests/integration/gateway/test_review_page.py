@@ -9,34 +9,19 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from gateway_helpers import post_study
 from playwright.sync_api import Page, expect, sync_playwright
-from pydicom.uid import ExplicitVRLittleEndian
 
-from radreport.data.phantoms import generate_study
-from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 from radreport.serving.tritonserver import PROJECT_ROOT
-from radreport.stack import LocalStack, StackConfig
+from radreport.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCREENSHOTS = PROJECT_ROOT / "var" / "screenshots"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(StackConfig.on_free_ports(tmp_path_factory.mktemp("review"))) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def report_id(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = write_study_dicom(generate_study(12, 512), tmp_path_factory.mktemp("study"),
-                             DicomOptions("CR", "MONOCHROME1", 12, str(ExplicitVRLittleEndian)))
-    response = httpx.post(f"{stack.config.gateway_url}/api/v1/reports/generate", timeout=120,
-                          headers={"Authorization": f"Bearer {stack.config.token('service')}"},
-                          data={"study_id": "REVIEW-1"},
-                          files={"file": ("s.dcm", path.read_bytes())})
-    assert response.status_code == 200, response.text
-    return str(response.json()["report_id"])
+    return post_study(stack, tmp_path_factory.mktemp("study"), "REVIEW-1", 12, "local-service")
 
 
 @pytest.fixture
