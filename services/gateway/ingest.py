@@ -16,7 +16,13 @@ import httpx
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from services.preprocess.imaging import InputRefused, check_chest_radiograph, dicom_metadata
+from services.preprocess.imaging import (
+    InputRefused,
+    check_chest_radiograph,
+    declared_pixels,
+    dicom_metadata,
+    sniff_format,
+)
 
 ImageFormat = Literal["dicom", "png", "jpeg"]
 
@@ -31,13 +37,7 @@ class IngestError(Exception):
 
 
 def sniff(data: bytes) -> ImageFormat | None:
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return "dicom"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    return None
+    return sniff_format(data[:132])
 
 
 def resolve_image_path(root: Path, image_path: str) -> Path:
@@ -92,13 +92,14 @@ def check_image(data: bytes, max_pixels: int) -> tuple[ImageFormat, dict[str, ob
     if image_format != "dicom":
         return image_format, {}
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                             force=data[128:132] != b"DICM")  # a dataset without preamble
     except (InvalidDicomError, ValueError, EOFError, OSError) as err:
         raise IngestError(422, "the DICOM file could not be parsed", "corrupt_dicom") from err
     try:
         metadata = dicom_metadata(ds)
         check_chest_radiograph(metadata)
-        pixels = int(metadata.get("Rows") or 0) * int(metadata.get("Columns") or 0)
+        pixels = declared_pixels(metadata)
         if pixels > max_pixels:
             raise InputRefused("too_large", f"the image declares {pixels} pixels, more than "
                                f"the limit of {max_pixels}")
