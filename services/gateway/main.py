@@ -32,6 +32,10 @@ from services.gateway.routes import health, reports, review
 from services.gateway.settings import get_gateway_settings
 
 STATIC = Path(__file__).parent / "static"
+# The review page loads nothing from elsewhere and runs no inline script.
+REVIEW_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+              "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+              "frame-ancestors 'none'")
 log = logging.getLogger(__name__)
 
 
@@ -100,6 +104,8 @@ def create_app() -> FastAPI:
         template = getattr(route, "path", "unmatched")  # templates only: no ids in labels
         HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - start)
         HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+        if request.url.path.startswith("/review"):
+            response.headers["Content-Security-Policy"] = REVIEW_CSP
         return response
 
     return app
