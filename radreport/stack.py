@@ -16,13 +16,17 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from radreport.serving.tritonserver import DEFAULT_INSTALL, PROJECT_ROOT, TritonServer, free_port
+from radreport.serving.tritonserver import (
+    DEFAULT_INSTALL,
+    PROJECT_ROOT,
+    TritonServer,
+    free_port,
+    http_ok,
+)
 
 WORKER_SERVICES = ("preprocess", "inference", "grounding", "fhir")
 
@@ -112,14 +116,6 @@ class StackError(RuntimeError):
     pass
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
 class LocalStack:
     """Start, find and stop the stack's processes; a context manager for tests."""
 
@@ -199,7 +195,7 @@ class LocalStack:
                 if process.poll() is not None:
                     raise StackError(f"{name} exited with {process.returncode}; see "
                                      f"{self.logs / (name + '.log')}")
-            if (_http_ok(f"{self.config.gateway_url}/readyz")
+            if (http_ok(f"{self.config.gateway_url}/readyz")
                     and _listening(self.config.dicom_port)):
                 return
             time.sleep(0.5)

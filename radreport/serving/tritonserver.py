@@ -25,6 +25,15 @@ DEFAULT_INSTALL = PROJECT_ROOT / ".venv" / "tritonserver"
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 
 
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 now (a readiness probe)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
 class TritonNotInstalledError(RuntimeError):
     pass
 
@@ -98,12 +107,8 @@ class TritonServer:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}; "
                                    f"see {self.log_path or 'its output'}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            if http_ok(url):
+                return
             time.sleep(0.5)
         self.stop()
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s")

@@ -15,8 +15,6 @@ import socket
 import tempfile
 from pathlib import Path
 
-STAGES = ("preprocess", "infer", "ground", "format")
-
 
 def _metrics_dir() -> Path:
     """Set up before prometheus_client is first imported: it picks its storage then."""
@@ -30,19 +28,19 @@ def _metrics_dir() -> Path:
 
 
 def main(argv: list[str] | None = None, stage: str | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run a radreport pipeline worker.")
-    parser.add_argument("--stage", default=stage or "all", choices=[*STAGES, "all"],
-                        help="Which stage's queue to consume.")
-    parser.add_argument("--concurrency", type=int, default=1,
-                        help="Worker processes (prefork); a lost process's task is requeued.")
-    parser.add_argument("--loglevel", default="INFO")
-    args = parser.parse_args(argv)
     _metrics_dir()
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     from services.common.logs import configure_logging
     from services.common.queue import STAGE_QUEUES, app
 
+    parser = argparse.ArgumentParser(description="Run a radreport pipeline worker.")
+    parser.add_argument("--stage", default=stage or "all", choices=[*STAGE_QUEUES, "all"],
+                        help="Which stage's queue to consume.")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="Worker processes (prefork); a lost process's task is requeued.")
+    parser.add_argument("--loglevel", default="INFO")
+    args = parser.parse_args(argv)
     configure_logging(args.loglevel)
     port = int(os.environ.get("RADREPORT_WORKER_METRICS_PORT", "9100"))
     if port:

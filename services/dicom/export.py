@@ -31,7 +31,7 @@ from services.common.store import Store, utcnow
 from services.dicom.metrics import EXPORT_FAILURES, EXPORT_QUEUE, EXPORTS_SENT
 from services.dicom.records import DicomExport, DicomInstance, DicomStudy
 from services.dicom.results import build_overlay_sc, build_report_sr, to_bytes
-from services.grounding.render import full_overlay
+from services.grounding.render import overlay as full_size_overlay
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class ResultExporter:
         objects = {"sr": to_bytes(build_report_sr(
             header, draft, findings, report_id=report_id, software_version=self.software_version))}
         for i, sentence in enumerate(draft.sentences):
-            overlay = np.asarray(Image.open(full_overlay(
+            overlay = np.asarray(Image.open(full_size_overlay(
                 self.blobs, report_id, source["blob"], i, self.max_pixels)).convert("RGB"))
             objects[f"sc{i:02d}"] = to_bytes(build_overlay_sc(
                 header, overlay, report_id=report_id, sentence_text=sentence.text,

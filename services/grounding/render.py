@@ -26,7 +26,7 @@ def display_image(blobs: BlobStore, report_id: str, source_blob: str,
                   max_pixels: int) -> np.ndarray:
     """The image as radiologists see it: kept by preprocessing, else decoded in full now."""
     if blobs.exists(report_id, "display.npy"):
-        return blobs.get_array(report_id, "display.npy").astype(np.float32) / 65535.0
+        return blobs.get_unit_image(report_id, "display.npy")
     return load_image(blobs.path(report_id, source_blob), max_pixels=max_pixels).display
 
 
@@ -43,11 +43,6 @@ def overlay(blobs: BlobStore, report_id: str, source_blob: str, index: int,
     display = display_image(blobs, report_id, source_blob, max_pixels)
     return write_atomic(path, overlay_png(display, draft, index,
                                           PREVIEW_SIDE if preview else None))
-
-
-def full_overlay(blobs: BlobStore, report_id: str, source_blob: str, index: int,
-                 max_pixels: int) -> Path:
-    return overlay(blobs, report_id, source_blob, index, max_pixels)
 
 
 def grounding_maps(blobs: BlobStore, report_id: str) -> dict[str, Any]:

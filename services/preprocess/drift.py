@@ -15,14 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from radreport.model.report import DEFAULT_MODEL_DIR
+from services.preprocess.imaging import intensity_histogram
 
 REFERENCE_FILE = "intensity_reference.json"
 BINS = 32
-
-
-def histogram(pixels: np.ndarray, bins: int = BINS) -> np.ndarray:
-    counts, _ = np.histogram(np.clip(pixels, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
-    return counts / max(1, counts.sum())
 
 
 def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -46,7 +42,7 @@ def make_reference(count: int = 64) -> dict[str, object]:
     total = np.zeros(BINS)
     for seed in split_seeds("train", count):
         model_input, _ = to_model_input(render_case(seed).image, 256)
-        total += histogram(model_input)
+        total += intensity_histogram(model_input, BINS)
     return {"bins": BINS, "range": [0.0, 1.0], "studies": count,
             "source": "training-split phantoms, letterboxed 256 px model inputs",
             "histogram": (total / count).round(6).tolist()}

@@ -11,13 +11,13 @@ from services.common.metrics import INPUT_DRIFT
 from services.common.queue import PermanentError, StageContext, stage_task
 from services.common.schemas import LetterboxInfo, ReportStatus
 from services.preprocess import drift
-from services.preprocess.imaging import InputRefused, load_image, prepare_for_model
+from services.preprocess.imaging import (
+    InputRefused,
+    intensity_histogram,
+    load_image,
+    prepare_for_model,
+)
 from services.preprocess.settings import get_preprocess_settings
-
-
-def to_uint16(image: np.ndarray) -> np.ndarray:
-    """What radiologists see (VOI applied), kept in 16 bits for the overlays."""
-    return np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16)
 
 
 @cache
@@ -40,9 +40,9 @@ def preprocess(ctx: StageContext) -> None:
     ctx.blobs.put_array(report_id, "model_input.npy", model_input[None].astype(np.float32))
     training = drift.reference()
     if training is not None:
-        INPUT_DRIFT.observe(drift.ks_distance(drift.histogram(model_input), training))
+        INPUT_DRIFT.observe(drift.ks_distance(intensity_histogram(model_input), training))
     if not decoded.reduced:  # else the grounding stage decodes the full image itself
-        ctx.blobs.put_array(report_id, "display.npy", to_uint16(decoded.display))
+        ctx.blobs.put_unit_image(report_id, "display.npy", decoded.display)
     ctx.blobs.put_json(report_id, "preprocess.json", {
         "letterbox": LetterboxInfo(size=letterbox.size, scale=letterbox.scale,
                                    pad_x=letterbox.pad_x, pad_y=letterbox.pad_y,
