@@ -152,7 +152,8 @@ class LocalStack:
                               http_port=self.config.triton_http_port,
                               grpc_port=self.config.triton_grpc_port,
                               metrics_port=self.config.triton_metrics_port,
-                              models=("radreport_report",), env=self.config.extra_env)
+                              models=("radreport_report_stream",),
+                              env=self.config.extra_env)
         if not server.binary.is_file():
             raise StackError(f"{server.binary} not found: run `make setup`")
         self._spawn("triton", server.command(), server.environment(), cwd=server.install)

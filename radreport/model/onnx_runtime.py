@@ -9,7 +9,7 @@ zero attention map, and the loop stops when every row has finished.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,13 @@ DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 class EncoderOutput:
     memory_kv: np.ndarray  # (L, 2, B, h, N, d) float32
     label_probs: np.ndarray  # (B, n_labels) float32
+
+
+@dataclass
+class GreedyStep:
+    tokens: np.ndarray  # (B,) int64: the token each row chose (PAD once finished)
+    attention: np.ndarray  # (B, N) float32: its cross-attention over the image patches
+    finished: np.ndarray  # (B,) bool: rows that have emitted EOS, this step included
 
 
 class OnnxReportModel:
@@ -73,6 +80,18 @@ class OnnxReportModel:
                            eos_id: int | None = None, max_len: int | None = None,
                            ) -> tuple[np.ndarray, np.ndarray]:
         """``greedy`` after the encoder, for callers that also want its label outputs."""
+        tokens: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        for step in self.greedy_steps(memory_kv, bos_id, eos_id, max_len):
+            tokens.append(step.tokens)
+            maps.append(step.attention)
+        return np.stack(tokens, axis=1), np.stack(maps, axis=1).astype(np.float32)
+
+    def greedy_steps(self, memory_kv: np.ndarray, bos_id: int | None = None,
+                     eos_id: int | None = None, max_len: int | None = None,
+                     ) -> Iterator[GreedyStep]:
+        """The greedy loop one step at a time, so callers can act on a report as it grows
+        (streaming sentences); items already finished get PAD and a zero map."""
         bos = self.bos_id if bos_id is None else bos_id
         eos = self.eos_id if eos_id is None else eos_id
         limit = self.max_len if max_len is None else min(max_len, self.max_len)
@@ -80,18 +99,15 @@ class OnnxReportModel:
         inputs = np.full((batch, 1), bos, dtype=np.int64)
         past = self.empty_past(batch)
         finished = np.zeros(batch, dtype=bool)
-        tokens: list[np.ndarray] = []
-        maps: list[np.ndarray] = []
         for _ in range(limit):
             logits, past, attn = self.step(inputs, past, memory_kv)
-            nxt = np.where(finished, self.pad_id, logits[:, -1].argmax(axis=-1))
-            maps.append(np.where(finished[:, None], np.float32(0.0), attn[:, -1]))
-            tokens.append(nxt.astype(np.int64))
-            finished |= nxt == eos
+            nxt = np.where(finished, self.pad_id, logits[:, -1].argmax(axis=-1)).astype(np.int64)
+            attention = np.where(finished[:, None], np.float32(0.0), attn[:, -1])
+            finished = finished | (nxt == eos)
+            yield GreedyStep(nxt, attention, finished.copy())
             if finished.all():
                 break
-            inputs = tokens[-1][:, None]
-        return np.stack(tokens, axis=1), np.stack(maps, axis=1).astype(np.float32)
+            inputs = nxt[:, None]
 
 
 def _past_kv_template(session: ort.InferenceSession) -> tuple[int, int, int]:

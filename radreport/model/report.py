@@ -12,7 +12,7 @@ in the original image's pixels.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +24,7 @@ from PIL import Image
 from radreport.data.labels import CHEXPERT_LABELS
 from radreport.data.phantoms.study import Box
 from radreport.model.grounding import Letterbox, map_boxes, report_spans, sentence_maps
-from radreport.model.onnx_runtime import DEFAULT_PROVIDERS, OnnxReportModel
+from radreport.model.onnx_runtime import DEFAULT_PROVIDERS, EncoderOutput, OnnxReportModel
 from radreport.model.tokenizer import ReportTokenizer, detokenize
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
@@ -99,6 +99,11 @@ class ReportSentence:
     heatmap: np.ndarray  # (grid, grid) float32, sums to 1 over the model input
     boxes: list[Box]  # original image pixels, largest region first
 
+    def to_dict(self, digits: int = 5) -> dict[str, Any]:
+        return {"text": self.text, "section": self.section,
+                "boxes": [list(b) for b in self.boxes],
+                "heatmap": np.round(self.heatmap, digits).tolist()}
+
 
 @dataclass
 class DraftReport:
@@ -118,13 +123,27 @@ class DraftReport:
         """Plain JSON types, maps rounded: what crosses a process or network boundary."""
         return {
             "text": self.text, "findings": self.findings, "impression": self.impression,
-            "sentences": [{"text": s.text, "section": s.section,
-                           "boxes": [list(b) for b in s.boxes],
-                           "heatmap": np.round(s.heatmap, digits).tolist()}
-                          for s in self.sentences],
+            "sentences": [s.to_dict(digits) for s in self.sentences],
             "label_probs": {k: round(v, digits) for k, v in self.label_probs.items()},
             "token_ids": self.token_ids, "model_version": self.model_version,
         }
+
+
+@dataclass
+class SentenceDecoded:
+    """A sentence of image ``item`` of the batch, final as soon as it is decoded."""
+
+    item: int
+    index: int  # position in its report
+    sentence: ReportSentence
+
+
+@dataclass
+class ReportDecoded:
+    """The whole report of image ``item``, after its last sentence."""
+
+    item: int
+    report: DraftReport
 
 
 class ReportGenerator:
@@ -174,6 +193,64 @@ class ReportGenerator:
         return [self._draft(ids[i], maps[i], encoded.label_probs[i], letterboxes[i],
                             box_threshold)
                 for i in range(len(batch))]
+
+    def stream_prepared(self, batch: np.ndarray, letterboxes: Sequence[Letterbox] | None = None,
+                        box_threshold: float = 0.5) -> Iterator[SentenceDecoded | ReportDecoded]:
+        """``generate_prepared`` that yields each sentence as soon as it is decoded.
+
+        A sentence is final once the token after its closing one is known (that token
+        decides a decimal point or a section header); the rest of a report is final at its
+        EOS. Each image's ``ReportDecoded`` follows its last sentence, and its sentences are
+        exactly those of ``generate_prepared``.
+        """
+        size = self.info.image_size
+        if batch.ndim != 4 or batch.shape[1:] != (1, size, size):
+            raise ValueError(f"model input of shape {batch.shape} is not (B, 1, {size}, {size})")
+        if letterboxes is None:
+            letterboxes = [Letterbox(size, 1.0, 0, 0, (size, size))] * len(batch)
+        encoded = self.onnx.encode(batch)
+        ids: list[list[int]] = [[] for _ in batch]
+        maps: list[list[np.ndarray]] = [[] for _ in batch]
+        sent = [0] * len(batch)
+        done = [False] * len(batch)
+        for step in self.onnx.greedy_steps(encoded.memory_kv):
+            for item in range(len(batch)):
+                if done[item]:
+                    continue
+                ids[item].append(int(step.tokens[item]))
+                maps[item].append(step.attention[item])
+                done[item] = bool(step.finished[item])
+                yield from self._new_sentences(item, ids[item], maps[item], sent, done[item],
+                                               letterboxes[item], box_threshold)
+                if done[item]:
+                    yield self._report_decoded(item, ids[item], maps[item], encoded,
+                                               letterboxes[item], box_threshold)
+        for item in (i for i in range(len(batch)) if not done[i]):  # cut at max_len
+            yield from self._new_sentences(item, ids[item], maps[item], sent, True,
+                                           letterboxes[item], box_threshold)
+            yield self._report_decoded(item, ids[item], maps[item], encoded,
+                                       letterboxes[item], box_threshold)
+
+    def _new_sentences(self, item: int, ids: list[int], maps: list[np.ndarray], sent: list[int],
+                       final: bool, letterbox: Letterbox, box_threshold: float,
+                       ) -> Iterator[SentenceDecoded]:
+        length = _length(np.asarray(ids), self.onnx.eos_id, self.onnx.pad_id)
+        words = self.tokenizer.tokens(ids[:length])
+        spans = [s for s in report_spans(words) if final or s.end + 1 < len(words)]
+        for index in range(sent[item], len(spans)):
+            span = spans[index]
+            (heatmap,) = sentence_maps(words, np.stack(maps[:length]), [(span.start, span.end)])
+            yield SentenceDecoded(item, index, ReportSentence(
+                detokenize(words[span.start : span.end], self.tokenizer.truecase), span.section,
+                heatmap, map_boxes(heatmap, letterbox, box_threshold)))
+        sent[item] = max(sent[item], len(spans))
+
+    def _report_decoded(self, item: int, ids: list[int], maps: list[np.ndarray],
+                        encoded: EncoderOutput, letterbox: Letterbox, box_threshold: float,
+                        ) -> ReportDecoded:
+        return ReportDecoded(item, self._draft(np.asarray(ids), np.stack(maps),
+                                               encoded.label_probs[item], letterbox,
+                                               box_threshold))
 
     def _draft(self, ids: np.ndarray, maps: np.ndarray, probs: np.ndarray,
                letterbox: Letterbox, box_threshold: float) -> DraftReport:

@@ -2,6 +2,9 @@
 
 - ``ReportModel``: a whole report per request, the greedy loop run in-process with ONNX
   Runtime; requests gathered by the dynamic batcher are stacked into one batch.
+- ``StreamingReportModel``: the same reports in decoupled mode: one response per sentence
+  as soon as it is decoded (text, section, map, boxes in model pixels), then the whole
+  report as the final response. This is what lets the gRPC API stream a report.
 - ``GraphModel``: one exported graph (encoder or decoder step) on ONNX Runtime, the CPU
   stand-in for the GPU target's TensorRT engine of the same name and I/O.
 - ``BlsReportModel``: the same whole report, but every encoder call and decoder step is a
@@ -14,6 +17,7 @@ Runs only inside tritonserver's Python backend (``triton_python_backend_utils``)
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,7 +26,14 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from radreport.model.onnx_runtime import EncoderOutput, OnnxReportModel
-from radreport.model.report import ReportGenerator, Variant, model_files
+from radreport.model.report import (
+    DraftReport,
+    ReportDecoded,
+    ReportGenerator,
+    SentenceDecoded,
+    Variant,
+    model_files,
+)
 from radreport.serving.backend_config import execution_providers, model_dir_of, parameters
 
 
@@ -48,14 +59,54 @@ class ReportModel:
         responses = []
         start = 0
         for image in images:
-            part = drafts[start : start + len(image)]
+            responses.append(self.report_response(drafts[start : start + len(image)]))
             start += len(image)
-            reports = np.array([[json.dumps(d.to_dict()).encode()] for d in part], dtype=object)
-            probs = np.array([[d.label_probs[name] for name in self.generator.info.labels]
-                              for d in part], dtype=np.float32)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("report_json", reports), pb_utils.Tensor("label_probs", probs)]))
         return responses
+
+    def report_response(self, drafts: list[DraftReport]) -> Any:
+        """Reports and their label probabilities, one row per image of a request."""
+        reports = np.array([[json.dumps(d.to_dict()).encode()] for d in drafts], dtype=object)
+        probs = np.array([[d.label_probs[name] for name in self.generator.info.labels]
+                          for d in drafts], dtype=np.float32)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("report_json", reports), pb_utils.Tensor("label_probs", probs)])
+
+
+class StreamingReportModel(ReportModel):
+    """Decoupled: sentences stream out of the batched greedy loop as they complete.
+
+    Every request gets one ``sentence_json`` response per sentence of each of its images,
+    then a final response with ``report_json`` and ``label_probs`` (as ``ReportModel``), or an
+    error; a request is never left without its final response.
+    """
+
+    def execute(self, requests: list[Any]) -> None:
+        images = [pb_utils.get_input_tensor_by_name(r, "image").as_numpy() for r in requests]
+        senders = [r.get_response_sender() for r in requests]
+        owner = [(n, k) for n, image in enumerate(images) for k in range(len(image))]
+        drafts: list[dict[int, Any]] = [{} for _ in requests]
+        closed = [False] * len(requests)
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        try:
+            for event in self.generator.stream_prepared(
+                    np.concatenate(images).astype(np.float32)):
+                n, k = owner[event.item]
+                if isinstance(event, SentenceDecoded):
+                    sentence = {"image": k, "index": event.index, "decoded_at": time.time(),
+                                **event.sentence.to_dict()}
+                    senders[n].send(pb_utils.InferenceResponse(output_tensors=[
+                        pb_utils.Tensor("sentence_json", np.array(
+                            [[json.dumps(sentence).encode()]], dtype=object))]))
+                elif isinstance(event, ReportDecoded):
+                    drafts[n][k] = event.report
+                    if len(drafts[n]) == len(images[n]):
+                        part = [drafts[n][i] for i in range(len(images[n]))]
+                        senders[n].send(self.report_response(part), flags=final)
+                        closed[n] = True
+        except Exception as err:  # every request must get its final response, never a crash
+            error = pb_utils.TritonError(f"report generation failed: {err}")
+            for n in (n for n, done in enumerate(closed) if not done):
+                senders[n].send(pb_utils.InferenceResponse(error=error), flags=final)
 
 
 class GraphModel:

@@ -1,4 +1,7 @@
-"""The inference worker's way to Triton: whole reports over gRPC, with deadlines and retries.
+"""The inference worker's way to Triton: reports over gRPC, with deadlines and retries.
+
+``generate`` asks ``radreport_report`` for whole reports; ``generate_stream`` asks the
+decoupled ``radreport_report_stream`` and yields each sentence as Triton decodes it.
 
 Transient failures (server restarting, queue full, a deadline missed while busy) are retried
 with exponential backoff; a request Triton refuses as malformed is not. When Triton stays
@@ -10,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 log = logging.getLogger(__name__)
 
 REPORT_MODEL = "radreport_report"
+STREAM_MODEL = "radreport_report_stream"
 # gRPC codes worth another try: the server is (re)starting, its queue is full, or busy.
 TRANSIENT = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED",
                        "StatusCode.DEADLINE_EXCEEDED"})
@@ -61,6 +67,55 @@ class ReportClient:
         result = self._with_retries(lambda: self._client.infer(
             self.model, [tensor], client_timeout=self.timeout_s))
         return [json.loads(row[0]) for row in result.as_numpy("report_json")]
+
+    def generate_stream(self, image: np.ndarray) -> Iterator[dict[str, Any]]:
+        """Events for one model input (1, 1, S, S) from the decoupled model: each sentence as
+        it is decoded (``{"type": "sentence", "index", "text", "boxes", "heatmap", ...}``),
+        then the whole report (``{"type": "report", ...}``, the dict ``generate`` returns).
+
+        Retried like ``generate`` until the first event; a stream broken after that raises,
+        and a caller that tries again gets the same sentences again (decoding is greedy).
+        """
+        if image.shape[0] != 1:
+            raise ValueError("generate_stream takes one image")
+        tensor = grpcclient.InferInput("image", list(image.shape), "FP32")
+        tensor.set_data_from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        event = self._with_retries(lambda: self._open_stream(tensor))
+        try:
+            while True:
+                yield event
+                if event["type"] == "report":
+                    return
+                event = self._next_event()
+        finally:  # also when the caller stops early: nothing is left running in Triton
+            self._client.stop_stream(cancel_requests=event["type"] != "report")
+
+    def _open_stream(self, tensor: grpcclient.InferInput) -> dict[str, Any]:
+        """Start one request on a new stream; its first event (closed again on failure)."""
+        self._responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self._deadline = time.monotonic() + self.timeout_s
+        self._client.start_stream(callback=lambda result, error: self._responses.put(
+            (result, error)))
+        try:
+            self._client.async_stream_infer(self.model, [tensor])
+            return self._next_event()
+        except BaseException:
+            self._client.stop_stream(cancel_requests=True)
+            raise
+
+    def _next_event(self) -> dict[str, Any]:
+        try:
+            result, error = self._responses.get(
+                timeout=max(0.0, self._deadline - time.monotonic()))
+        except queue.Empty:
+            raise InferenceServerException("no response before the deadline",
+                                           status="StatusCode.DEADLINE_EXCEEDED") from None
+        if error is not None:
+            raise error
+        sentence = result.as_numpy("sentence_json")
+        if sentence is not None:
+            return {"type": "sentence", **json.loads(sentence[0][0])}
+        return {"type": "report", **json.loads(result.as_numpy("report_json")[0][0])}
 
     def _with_retries(self, call: Any) -> Any:
         wait = self.backoff_s

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.common import events
 from services.common.blobs import BlobStore
 from services.common.metrics import STUDIES_INGESTED
 from services.common.pipeline import submit
+from services.common.queue import redis_client
 from services.common.store import Report, Store
 
 EXTENSIONS = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}
@@ -31,6 +33,7 @@ def accept_study(store: Store, blobs: BlobStore, *, study_id: str, model_version
             "series_instance_uid": metadata.get("SeriesInstanceUID"),
             "sop_instance_uid": metadata.get("SOPInstanceUID"),
             "sop_class_uid": metadata.get("SOPClassUID")})
+        events.publish(redis_client(), report.id, "status", stage="queued")
         submit(report.id)
         STUDIES_INGESTED.labels(source).inc()
     return report, created

@@ -22,6 +22,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, MaxRetriesExceededError
 from kombu import Queue
 
+from services.common import events
 from services.common.blobs import BlobStore
 from services.common.metrics import REPORTS_FINISHED, STAGE_LATENCY
 from services.common.schemas import ReportStatus
@@ -87,6 +88,7 @@ def redis_client() -> redis.Redis:
 
 def notify(report_id: str, status: str) -> None:
     """Tell waiters (the gateway, the DICOM gateway) that a report finished."""
+    events.publish(redis_client(), report_id, "finished", status=status)
     try:
         redis_client().publish(NOTIFY_CHANNEL, json.dumps({"report_id": report_id,
                                                            "status": status}))
@@ -96,7 +98,7 @@ def notify(report_id: str, status: str) -> None:
 
 def dead_letter(report_id: str, stage: str, reason: str) -> None:
     store, _ = stores()
-    if store.set_status(report_id, ReportStatus.failed, reason):
+    if store.set_status(report_id, ReportStatus.failed, reason, failure="error"):
         REPORTS_FINISHED.labels(ReportStatus.failed.value).inc()
         notify(report_id, ReportStatus.failed.value)
     redis_client().rpush(DEAD_LETTER_KEY, json.dumps({
@@ -107,8 +109,11 @@ def dead_letter(report_id: str, stage: str, reason: str) -> None:
 StageFunction = Callable[[StageContext], None]
 
 
-def stage_task(stage: str, status: ReportStatus | None) -> Callable[[StageFunction], Task]:
+def stage_task(stage: str, status: ReportStatus | None, done: str | None = None,
+               ) -> Callable[[StageFunction], Task]:
     """Make ``fn(ctx)`` the Celery task of one stage, with retries and dead-lettering.
+
+    Entering ``status`` and, on success, reaching ``done`` are published as status events.
 
     Attempts are counted per delivery in the store, so redeliveries after a lost worker
     count too: a message that kills its worker every time is dead-lettered, not looped.
@@ -129,15 +134,19 @@ def stage_task(stage: str, status: ReportStatus | None) -> Callable[[StageFuncti
                 raise Ignore()
             if status is not None:
                 store.set_status(report_id, status)
+                events.publish(redis_client(), report_id, "status", stage=status.value)
             start = time.perf_counter()
             try:
                 fn(StageContext(report, store, blobs, settings))
                 elapsed = time.perf_counter() - start
                 store.record_timing(report_id, stage, elapsed * 1000)
+                if done is not None:
+                    events.publish(redis_client(), report_id, "status", stage=done)
                 STAGE_LATENCY.labels(stage, "success").observe(elapsed)
             except PermanentError as err:
                 STAGE_LATENCY.labels(stage, "refused").observe(time.perf_counter() - start)
-                if store.set_status(report_id, ReportStatus.failed, str(err)):
+                if store.set_status(report_id, ReportStatus.failed, str(err),
+                                    failure="refused"):
                     REPORTS_FINISHED.labels(ReportStatus.failed.value).inc()
                     notify(report_id, ReportStatus.failed.value)
                 raise Ignore() from err

@@ -27,7 +27,8 @@ class CommonSettings(BaseSettings):
                                    description="Blob store root; empty: data_dir/blobs")
     redis_url: str = "redis://127.0.0.1:6380/0"  # the local stack's own Redis
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC host:port")
-    triton_model: str = "radreport_report"
+    triton_model: str = Field(default="radreport_report_stream",
+                              description="The decoupled model: sentences stream as decoded")
     public_base_url: str = Field(default="http://127.0.0.1:8080",
                                  description="How clients reach the gateway (links in FHIR)")
     max_attempts: int = Field(default=3, ge=1, description="Attempts per stage before dead-letter")

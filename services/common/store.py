@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from alembic import command
 from alembic.config import Config
@@ -46,6 +46,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 AUDIT_LOG = logging.getLogger("radreport.audit")
 MIGRATION_LOCK_ID = 7_270_418_001  # any constant shared by every radreport process
 FINISHED = (ReportStatus.completed.value, ReportStatus.failed.value)
+# why a report failed: its input was refused (the client's to fix), or a stage kept failing
+Failure = Literal["refused", "error"]
 
 
 def utcnow() -> datetime:
@@ -221,10 +223,16 @@ class Store:
             session.execute(update(Report).where(Report.id == report_id)
                             .values(source=source, updated_at=utcnow()))
 
-    def set_status(self, report_id: str, status: ReportStatus, reason: str | None = None) -> bool:
-        """Move an unfinished report to ``status``; False if it was already finished."""
+    def set_status(self, report_id: str, status: ReportStatus, reason: str | None = None,
+                   failure: Failure | None = None) -> bool:
+        """Move an unfinished report to ``status``; False if it was already finished.
+
+        A failed report records whether its input was refused or the pipeline gave up.
+        """
         values: dict[str, Any] = {"status": status.value, "status_reason": reason,
                                   "updated_at": utcnow()}
+        if failure is not None:
+            values["result"] = {"failure": failure}
         if status.finished:
             values["completed_at"] = values["updated_at"]
         with self.session() as session:

@@ -99,7 +99,8 @@ class StudyCompleter:
         report, created = self.store.create_or_get(study_uid, self.model_version,
                                                    {"source": "dicom"})
         if created:
-            self.store.set_status(report.id, ReportStatus.failed, f"not processed: {reason}")
+            self.store.set_status(report.id, ReportStatus.failed, f"not processed: {reason}",
+                                  failure="refused")
         self.mark(study_uid, "not_processed", report.id, reason)
         STUDIES_COMPLETED.labels("not_processed").inc()
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from radreport.data.labels import POSITIVE, UNCERTAIN
 from radreport.eval.labeler import label_sentence
-from radreport.model.grounding import attention_entropy, map_boxes
+from radreport.model.grounding import Letterbox, attention_entropy, map_boxes
 from services.common.schemas import Draft, DraftSentence, LetterboxInfo
 
 
@@ -23,18 +23,20 @@ def stated_labels(text: str) -> list[str]:
             if value in (POSITIVE, UNCERTAIN)]
 
 
+def draft_sentence(served: dict[str, Any], letterbox: Letterbox,
+                   box_threshold: float) -> DraftSentence:
+    """One served sentence with its boxes in original-image pixels."""
+    heatmap = np.asarray(served["heatmap"], dtype=np.float32)
+    return DraftSentence(text=served["text"], section=served["section"],
+                         boxes=map_boxes(heatmap, letterbox, box_threshold),
+                         heatmap=served["heatmap"], labels=stated_labels(served["text"]))
+
+
 def draft_from_served(served: dict[str, Any], letterbox: LetterboxInfo, box_threshold: float,
                       inference_ms: float) -> Draft:
     box = letterbox.to_letterbox()
-    sentences = []
-    entropies = []
-    for sentence in served["sentences"]:
-        heatmap = np.asarray(sentence["heatmap"], dtype=np.float32)
-        entropies.append(attention_entropy(heatmap))
-        sentences.append(DraftSentence(
-            text=sentence["text"], section=sentence["section"],
-            boxes=map_boxes(heatmap, box, box_threshold), heatmap=sentence["heatmap"],
-            labels=stated_labels(sentence["text"])))
+    sentences = [draft_sentence(s, box, box_threshold) for s in served["sentences"]]
+    entropies = [attention_entropy(np.asarray(s.heatmap, dtype=np.float32)) for s in sentences]
     return Draft(findings=served["findings"], impression=served["impression"],
                  sentences=sentences, label_probs=served["label_probs"],
                  token_ids=served["token_ids"], model_version=served["model_version"],

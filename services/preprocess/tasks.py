@@ -26,7 +26,7 @@ def model_input_size() -> int:
     return ModelInfo.load(model_dir / MODEL_INFO_FILE).image_size
 
 
-@stage_task("preprocess", ReportStatus.preprocessing)
+@stage_task("preprocess", ReportStatus.preprocessing, done="preprocessed")
 def preprocess(ctx: StageContext) -> None:
     settings = get_preprocess_settings()
     report_id = ctx.report.id

@@ -10,7 +10,9 @@ from radreport.model.report import (
     DEFAULT_MODEL_DIR,
     VARIANTS,
     ModelInfo,
+    ReportDecoded,
     ReportGenerator,
+    SentenceDecoded,
     model_files,
     to_model_input,
 )
@@ -83,3 +85,29 @@ def test_a_2048_px_input_gives_the_same_report_with_boxes_in_its_own_pixels(
     assert large.text == small.text and large.letterbox.original_shape == (2048, 2048)
     for a, b in zip(small.sentences, large.sentences, strict=True):
         assert [tuple(4 * v for v in box) for box in a.boxes] == b.boxes
+
+
+def test_streamed_sentences_are_the_reports_and_come_before_its_end(
+        generator: ReportGenerator) -> None:
+    studies = [generate_study(seed, 512) for seed in range(2_000_010, 2_000_016)]
+    prepared = [to_model_input(s.image, 256) for s in studies]
+    batch = np.stack([pixels for pixels, _ in prepared])[:, None]
+    letterboxes = [letterbox for _, letterbox in prepared]
+    whole = generator.generate_prepared(batch, letterboxes)
+    events = list(generator.stream_prepared(batch, letterboxes))
+    for item, draft in enumerate(whole):
+        mine = [(n, e) for n, e in enumerate(events) if e.item == item]
+        sentences = [e for _, e in mine if isinstance(e, SentenceDecoded)]
+        (end,) = [(n, e) for n, e in mine if isinstance(e, ReportDecoded)]
+        assert [s.index for s in sentences] == list(range(len(draft.sentences)))
+        assert len(draft.sentences) >= 2
+        assert max(n for n, e in mine if isinstance(e, SentenceDecoded)) < end[0]
+        assert end[1].report.to_dict() == draft.to_dict()
+        for streamed, final in zip(sentences, draft.sentences, strict=True):
+            assert streamed.sentence.to_dict() == final.to_dict()
+    # a batch's sentences interleave: the first report's first sentence is not held back
+    # until that report (or the batch) is complete
+    first_end = next(n for n, e in enumerate(events) if isinstance(e, ReportDecoded))
+    first_sentence = next(n for n, e in enumerate(events) if isinstance(e, SentenceDecoded))
+    assert first_sentence < first_end
+    assert len({e.item for e in events[:first_end] if isinstance(e, SentenceDecoded)}) > 1

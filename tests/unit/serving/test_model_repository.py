@@ -31,7 +31,8 @@ def test_every_config_of_the_target_checks_clean(target: str) -> None:
 
 def test_gpu_target_is_tensorrt_on_the_gpu() -> None:
     configs = {p.parent.name: parse_config(p) for p in TARGETS["gpu"].glob("*/config.pbtxt")}
-    assert set(configs) == {"encoder", "decoder_step", "radreport_report"}
+    assert set(configs) == {"encoder", "decoder_step", "radreport_report",
+                            "radreport_report_stream"}
     for config in configs.values():
         kinds = [group.kind for group in config.instance_group]
         assert kinds == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
@@ -52,6 +53,12 @@ def test_gpu_report_model_keeps_the_cpu_interface() -> None:
     gpu = parse_config(TARGETS["gpu"] / "radreport_report" / "config.pbtxt")
     cpu = parse_config(DEFAULT_REPOSITORY / "radreport_report" / "config.pbtxt")
     assert same_io(gpu, cpu) == []
+    for target in TARGETS.values():  # the streaming model: decoupled, its final response
+        stream = parse_config(target / "radreport_report_stream" / "config.pbtxt")
+        assert stream.model_transaction_policy.decoupled
+        assert [o.name for o in stream.output] == ["sentence_json", "report_json", "label_probs"]
+        assert list(stream.output)[1:] == list(parse_config(
+            target / "radreport_report" / "config.pbtxt").output)
     gpu.output[1].dims[0] = 13
     assert same_io(gpu, cpu) == ["radreport_report: inputs/outputs differ from the CPU target's"]
 
@@ -65,7 +72,8 @@ def test_layout_writes_a_repository_for_the_target(target: str, tmp_path: Path) 
     out = tmp_path / "repo"
     configs = layout(target, out)
     names = {c.parent.name for c in configs}
-    assert names == {"encoder", "decoder_step", "radreport_report", "radreport_report_bls"}
+    assert names == {"encoder", "decoder_step", "radreport_report", "radreport_report_bls",
+                     "radreport_report_stream"}
     for model in ("encoder", "decoder_step"):
         engine_slot = list((out / model / "1").iterdir())
         if target == "gpu":  # left for model.plan, built on the GPU
