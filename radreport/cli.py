@@ -316,7 +316,8 @@ def up(
         typer.echo(f"radreport up: {err}", err=True)
         raise typer.Exit(1) from err
     typer.echo(f"radreport is up: gateway {stack.config.gateway_url} "
-               f"(API docs {stack.config.gateway_url}/docs), logs in {stack.logs}")
+               f"(API docs {stack.config.gateway_url}/docs, gRPC {stack.config.grpc_target}), "
+               f"logs in {stack.logs}")
     typer.echo("stop it with: radreport down")
 
 

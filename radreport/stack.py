@@ -40,6 +40,7 @@ class StackConfig:
     run_dir: Path
     data_dir: Path
     gateway_port: int = 8080
+    grpc_port: int = 50051  # the gateway's gRPC API
     redis_port: int = 6380  # not 6379: a machine's own Redis may be there
     triton_grpc_port: int = 8001
     triton_http_port: int = 8000
@@ -57,6 +58,7 @@ class StackConfig:
         return cls(run_dir=Path(os.environ.get("RADREPORT_RUN_DIR", var / "run")),
                    data_dir=Path(os.environ.get("RADREPORT_DATA_DIR", var / "data")),
                    gateway_port=_env_int("RADREPORT_GATEWAY_PORT", 8080),
+                   grpc_port=_env_int("RADREPORT_GATEWAY_GRPC_PORT", 50051),
                    redis_port=_env_int("RADREPORT_REDIS_PORT", 6380),
                    triton_grpc_port=_env_int("RADREPORT_TRITON_GRPC_PORT", 8001),
                    triton_http_port=_env_int("RADREPORT_TRITON_HTTP_PORT", 8000),
@@ -72,7 +74,7 @@ class StackConfig:
     @classmethod
     def on_free_ports(cls, root: Path) -> StackConfig:
         return cls(run_dir=root / "run", data_dir=root / "data", gateway_port=free_port(),
-                   redis_port=free_port(), triton_grpc_port=free_port(),
+                   grpc_port=free_port(), redis_port=free_port(), triton_grpc_port=free_port(),
                    triton_http_port=free_port(), triton_metrics_port=free_port(),
                    dicom_port=free_port(), dicom_metrics_port=free_port(),
                    worker_metrics_ports={s: free_port() for s in WORKER_SERVICES})
@@ -80,6 +82,10 @@ class StackConfig:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def redis_url(self) -> str:
@@ -105,6 +111,8 @@ class StackConfig:
                 "RADREPORT_PUBLIC_BASE_URL": self.gateway_url,
                 "RADREPORT_GATEWAY_HOST": "127.0.0.1",
                 "RADREPORT_GATEWAY_PORT": str(self.gateway_port),
+                "RADREPORT_GATEWAY_GRPC_HOST": "127.0.0.1",
+                "RADREPORT_GATEWAY_GRPC_PORT": str(self.grpc_port),
                 "RADREPORT_DICOM_PORT": str(self.dicom_port),
                 "RADREPORT_DICOM_METRICS_PORT": str(self.dicom_metrics_port),
                 "RADREPORT_GATEWAY_IMAGE_ROOT": os.environ.get(

@@ -20,6 +20,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY radreport ./radreport
 COPY services ./services
+COPY proto ./proto
+# The gRPC stubs are generated here (grpcio-tools only in this stage), then packaged.
+RUN python -m pip install "grpcio-tools>=1.66" && python -m radreport.proto_build
 # `.` alone: the base dependencies. Fails the build if PyTorch came in anyway.
 RUN python -m pip --python /opt/venv/bin/python install . \
  && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"

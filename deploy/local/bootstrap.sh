@@ -41,5 +41,7 @@ if [ ! -f "$stamp" ]; then
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
+# The gRPC API's Python stubs (radreport/v1), generated from proto/ with grpcio-tools.
+"$VENV/bin/python" -m radreport.proto_build >/dev/null
 # A real CPU tritonserver with its Python backend and that backend's environment.
 PYTHON="$VENV/bin/python" bash deploy/triton/install_cpu_server.sh "$VENV/tritonserver"

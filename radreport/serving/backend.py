@@ -37,8 +37,8 @@ from radreport.model.report import (
 from radreport.serving.backend_config import execution_providers, model_dir_of, parameters
 
 
-class ReportModel:
-    """Whole reports, decoded in-process; one response per request, errors included."""
+class _GeneratorModel:
+    """The model folder loaded once per Triton model instance, and how reports are sent."""
 
     def initialize(self, args: dict[str, Any]) -> None:
         params = parameters(args)
@@ -48,6 +48,18 @@ class ReportModel:
 
     def make_generator(self, model_dir: Path, variant: Variant) -> ReportGenerator:
         return ReportGenerator(model_dir, variant, providers=self.providers)
+
+    def report_response(self, drafts: list[DraftReport]) -> Any:
+        """Reports and their label probabilities, one row per image of a request."""
+        reports = np.array([[json.dumps(d.to_dict()).encode()] for d in drafts], dtype=object)
+        probs = np.array([[d.label_probs[name] for name in self.generator.info.labels]
+                          for d in drafts], dtype=np.float32)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("report_json", reports), pb_utils.Tensor("label_probs", probs)])
+
+
+class ReportModel(_GeneratorModel):
+    """Whole reports, decoded in-process; one response per request, errors included."""
 
     def execute(self, requests: list[Any]) -> list[Any]:
         images = [pb_utils.get_input_tensor_by_name(r, "image").as_numpy() for r in requests]
@@ -63,16 +75,8 @@ class ReportModel:
             start += len(image)
         return responses
 
-    def report_response(self, drafts: list[DraftReport]) -> Any:
-        """Reports and their label probabilities, one row per image of a request."""
-        reports = np.array([[json.dumps(d.to_dict()).encode()] for d in drafts], dtype=object)
-        probs = np.array([[d.label_probs[name] for name in self.generator.info.labels]
-                          for d in drafts], dtype=np.float32)
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("report_json", reports), pb_utils.Tensor("label_probs", probs)])
 
-
-class StreamingReportModel(ReportModel):
+class StreamingReportModel(_GeneratorModel):
     """Decoupled: sentences stream out of the batched greedy loop as they complete.
 
     Every request gets one ``sentence_json`` response per sentence of each of its images,

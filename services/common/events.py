@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -52,8 +52,8 @@ def publish(client: redis.Redis, report_id: str, kind: str, **data: Any) -> None
 async def read_events(client: aioredis.Redis, report_id: str, after: str = "0",
                       block_ms: int = 1000) -> list[ReportEvent]:
     """Events after entry ``after``, waiting up to ``block_ms`` for the first one."""
-    answer = await client.xread({EVENTS_KEY.format(report_id): after}, block=block_ms,
-                                count=100)
+    answer = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], await client.xread(
+        {EVENTS_KEY.format(report_id): after}, block=block_ms, count=100))
     events = []
     for _key, entries in answer or []:
         for entry_id, fields in entries:

@@ -16,6 +16,14 @@ HTTP_REQUESTS = Counter("radreport_http_requests_total", "HTTP requests to the g
                         ["method", "route", "status"])
 HTTP_LATENCY = Histogram("radreport_http_request_seconds", "Gateway request latency",
                          ["method", "route"], buckets=LATENCY_BUCKETS)
+GRPC_REQUESTS = Counter("radreport_grpc_requests_total", "gRPC calls to the gateway",
+                        ["method", "code"])
+GRPC_LATENCY = Histogram("radreport_grpc_request_seconds",
+                         "gRPC call duration (a stream: until its last event)", ["method"],
+                         buckets=LATENCY_BUCKETS)
+FIRST_SENTENCE = Histogram("radreport_stream_first_sentence_seconds",
+                           "From acceptance to the first sentence sent on a GenerateStream",
+                           buckets=LATENCY_BUCKETS)
 STUDIES_INGESTED = Counter("radreport_studies_ingested_total", "Studies accepted for reporting",
                            ["source"])
 INPUT_REJECTED = Counter("radreport_inputs_rejected_total", "Inputs refused before queueing",

@@ -1,4 +1,5 @@
-"""The FastAPI gateway: ``python -m services.gateway`` serves it with uvicorn."""
+"""The gateway: ``python -m services.gateway`` serves the REST API with uvicorn and, in the
+same process and event loop, the gRPC API on its own port (``services.gateway.grpc_api``)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from services.common.queue import DEAD_LETTER_KEY, STAGE_QUEUES
 from services.common.settings import get_common_settings
 from services.common.store import Store
 from services.gateway.deps import Services
+from services.gateway.grpc_api import start_grpc
 from services.gateway.routes import health, reports, review
 from services.gateway.settings import get_gateway_settings
 
@@ -79,7 +81,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                                  DEAD_LETTER_KEY)
     REGISTRY.register(queues)
     sweeper = asyncio.create_task(resubmit_stalled(services))
+    grpc_server = None
+    if services.settings.grpc_port:
+        grpc_server, readiness = await start_grpc(services)
     yield
+    if grpc_server is not None:
+        readiness.cancel()
+        await grpc_server.stop(grace=5)
     sweeper.cancel()
     REGISTRY.unregister(queues)
     await services.redis.aclose()

@@ -16,6 +16,18 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    grpc_host: str = Field(default="127.0.0.1", description="Where the gRPC API listens")
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="0: no gRPC API")
+    grpc_tls_cert: Path | None = Field(default=None, description="PEM certificate chain: "
+                                       "with grpc_tls_key, the gRPC API speaks TLS only")
+    grpc_tls_key: Path | None = Field(default=None, description="PEM private key")
+    grpc_max_message_bytes: int = Field(
+        default=65 * 1024 * 1024, gt=0,
+        description="Largest gRPC request or response; an image up to max_upload_bytes fits")
+    grpc_max_concurrent_rpcs: int = Field(default=64, gt=0,
+                                          description="More are refused RESOURCE_EXHAUSTED")
+    stream_timeout_s: float = Field(default=300.0, gt=0,
+                                    description="Longest a GenerateStream follows a report")
     image_root: Path = Field(default=PROJECT_ROOT / "var" / "images",
                              description="image_path must resolve below this folder")
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)

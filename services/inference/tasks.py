@@ -38,7 +38,8 @@ def infer(ctx: StageContext) -> None:
             break
         sentence = draft_sentence(event, letterbox.to_letterbox(), threshold)
         events.publish(redis_client(), report_id, "sentence", index=event["index"],
-                       at=event["decoded_at"], sentence=sentence.model_dump(mode="json"))
+                       at=event["decoded_at"], sentence=sentence.model_dump(mode="json"),
+                       letterbox=letterbox.model_dump(mode="json"))
     assert served is not None  # generate_stream ends with the report or raises
     elapsed_ms = (time.perf_counter() - start) * 1000
     MODEL_LATENCY.observe(elapsed_ms / 1000)

@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.gateway.deps import ServicesDep
+from services.gateway.deps import Services, ServicesDep
 
 router = APIRouter(tags=["operations"])
 
@@ -18,9 +18,8 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-async def readyz(services: ServicesDep) -> JSONResponse:
-    """Ready when Redis, Triton (model loaded) and the store all answer; 503 otherwise."""
+async def readiness_checks(services: Services) -> dict[str, str]:
+    """"ok" or what is wrong, for Redis, Triton (model loaded) and the store."""
     checks: dict[str, str] = {}
     try:
         await services.redis.ping()
@@ -33,6 +32,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         checks["store"] = "ok"
     except Exception as err:
         checks["store"] = type(err).__name__
+    return checks
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Ready when Redis, Triton (model loaded) and the store all answer; 503 otherwise."""
+    checks = await readiness_checks(services)
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                         status_code=200 if ready else 503)

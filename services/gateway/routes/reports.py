@@ -6,8 +6,6 @@ our own messages, never header text or other PHI.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
@@ -17,10 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from services.common.auth import Principal, Role
-from services.common.intake import accept_study
-from services.common.metrics import INPUT_REJECTED
-from services.common.queue import NOTIFY_CHANNEL
+from services.common.auth import Principal
 from services.common.schemas import (
     GenerateRequest,
     PatientMetadata,
@@ -30,14 +25,9 @@ from services.common.schemas import (
     ReportSummary,
 )
 from services.common.store import Report
+from services.gateway import actions
 from services.gateway.deps import ClientDep, Readers, Requesters, Services, ServicesDep
-from services.gateway.ingest import (
-    IngestError,
-    check_image,
-    fetch_url,
-    read_capped,
-    resolve_image_path,
-)
+from services.gateway.ingest import IngestError
 from services.gateway.views import report_url, to_public, to_summary
 from services.grounding.render import grounding_maps, overlay
 
@@ -67,11 +57,9 @@ async def _parse_generate(request: Request, services: Services,
             raise RequestValidationError(err.errors(include_url=False, include_input=False),
                                          ) from err
         if body.image_path is not None:
-            path = resolve_image_path(settings.image_root, body.image_path)
-            data = await run_in_threadpool(read_capped, path, settings.max_upload_bytes)
+            data = await actions.image_from_path(services, body.image_path)
         else:
-            data = await run_in_threadpool(fetch_url, str(body.image_url),
-                                           settings.max_upload_bytes, settings.fetch_timeout_s)
+            data = await actions.image_from_url(services, str(body.image_url))
         fields = body.model_dump(exclude={"image_path", "image_url"})
         return ReportRequestBase(**fields), data
     if content_type.startswith("multipart/form-data"):
@@ -99,28 +87,8 @@ async def _parse_generate(request: Request, services: Services,
     raise IngestError(415, "send application/json or multipart/form-data", "unsupported_media")
 
 
-async def _wait_finished(services: Services, report_id: str, timeout_s: float) -> Report:
-    """The report once finished, or as it stands after ``timeout_s``."""
-    pubsub = services.redis.pubsub()
-    await pubsub.subscribe(NOTIFY_CHANNEL)
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            report = await run_in_threadpool(services.store.get, report_id)
-            assert report is not None
-            remaining = deadline - loop.time()
-            if ReportStatus(report.status).finished or remaining <= 0:
-                return report
-            while remaining > 0:  # wake on this report's notice, or re-check each second
-                message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                   timeout=min(1.0, remaining))
-                if message is None or json.loads(message["data"])["report_id"] == report_id:
-                    break
-                remaining = deadline - loop.time()
-    finally:
-        await pubsub.unsubscribe(NOTIFY_CHANNEL)
-        await pubsub.aclose()
+def _refusal(err: IngestError) -> JSONResponse:
+    return JSONResponse({"detail": str(err), "reason": err.reason}, status_code=err.status)
 
 
 def _answer(report: Report) -> JSONResponse:
@@ -153,44 +121,25 @@ async def generate_report(request: Request, services: ServicesDep, principal: Re
     """
     try:
         fields, data = await _parse_generate(request, services)
-        image_format, metadata = await run_in_threadpool(
-            check_image, data, services.settings.max_pixels)
     except IngestError as err:
-        INPUT_REJECTED.labels(err.reason).inc()
-        await run_in_threadpool(services.store.audit, principal.subject, "create", "report",
-                                None, "refused", client, err.reason)
-        return JSONResponse({"detail": str(err), "reason": err.reason}, status_code=err.status)
-    report, created = await run_in_threadpool(lambda: accept_study(
-        services.store, services.blobs, study_id=fields.study_id,
-        model_version=services.model_version,
-        request={**fields.model_dump(mode="json", exclude={"force"}),
-                 "requested_by": principal.subject}, image=data,
-        image_format=image_format, metadata=metadata, source="api", force=fields.force))
-    await run_in_threadpool(services.store.audit, principal.subject,
-                            "create" if created else "read", "report", report.id, "success",
-                            client)
+        await actions.refused(services, principal, client, err)
+        return _refusal(err)
+    try:
+        report, _ = await actions.accept(services, principal, client, fields, data, "api")
+    except IngestError as err:
+        return _refusal(err)
     wants_async = prefer is not None and "respond-async" in prefer.lower()
     if not wants_async and not ReportStatus(report.status).finished:
-        report = await _wait_finished(services, report.id, services.settings.sync_wait_s)
+        report = await actions.wait_finished(services, report.id, services.settings.sync_wait_s)
     return _answer(report)
-
-
-def visible_to(report: Report, principal: Principal) -> bool:
-    """Machines see only the reports they asked for; people by role see all."""
-    return principal.role != Role.service or report.request.get("requested_by") == principal.subject
 
 
 async def _readable(services: Services, report_id: str, principal: Principal,
                     client: str | None, what: str, action: str = "read") -> Report:
     """The report if it exists and this caller may see it; 404 alike otherwise (no leak)."""
-    report = None
-    if report_id.startswith("RPT-") and len(report_id) <= 40:
-        report = await run_in_threadpool(services.store.get, report_id)
-    allowed = report is not None and visible_to(report, principal)
-    outcome = "success" if allowed else ("denied" if report else "not_found")
-    await run_in_threadpool(services.store.audit, principal.subject, action, what,
-                            report_id if report else None, outcome, client)
-    if report is None or not allowed:
+    report = await actions.readable_report(services, report_id, principal, client, what,
+                                           action)
+    if report is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no report with this id")
     return report
 
@@ -258,9 +207,5 @@ async def get_sentence_overlay(report_id: str, index: int, services: ServicesDep
 async def list_study_reports(study_id: str, services: ServicesDep, principal: Readers,
                              client: ClientDep) -> list[ReportSummary]:
     """Every report of a study, oldest first (forced regenerations included)."""
-    reports = [r for r in await run_in_threadpool(services.store.list_for_study, study_id[:128])
-               if visible_to(r, principal)]
-    await run_in_threadpool(services.store.audit, principal.subject, "read", "study_reports",
-                            reports[0].study_id if reports else None,
-                            "success" if reports else "not_found", client)
-    return [to_summary(r) for r in reports]
+    return [to_summary(r) for r in await actions.study_reports(services, study_id, principal,
+                                                                client)]
