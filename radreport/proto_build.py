@@ -48,11 +48,11 @@ def generate(out_root: Path = PROJECT_ROOT) -> list[Path]:
     return sorted(package.glob("*.py*"))
 
 
-def descriptor_set() -> descriptor_pb2.FileDescriptorSet:
-    """The API as it is in ``proto/`` now, compiled (without source comments)."""
+def descriptor_set(comments: bool = False) -> descriptor_pb2.FileDescriptorSet:
+    """The API as it is in ``proto/`` now, compiled; with its comments if asked."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "api.binpb"
-        _protoc(f"--descriptor_set_out={out}")
+        _protoc(f"--descriptor_set_out={out}", *(["--include_source_info"] if comments else []))
         return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
 
 

@@ -24,7 +24,7 @@ from radreport.v1 import report_service_pb2_grpc as service_grpc
 from services.common.auth import AuthError, Principal, Role
 from services.common.events import ReportEvent
 from services.common.metrics import FIRST_SENTENCE, GRPC_LATENCY, GRPC_REQUESTS
-from services.common.schemas import ReportStatus
+from services.common.schemas import Draft, ReportStatus
 from services.common.store import Report
 from services.gateway import actions
 from services.gateway import grpc_messages as messages
@@ -32,7 +32,6 @@ from services.gateway.deps import Services
 from services.gateway.ingest import IngestError
 from services.gateway.routes.health import readiness_checks
 from services.gateway.views import to_public, to_summary
-from services.grounding.render import grounding_maps
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +108,11 @@ class ReportService(service_grpc.ReportServiceServicer):
             await _abort_ingest(context, err)
 
     async def _message(self, report: Report) -> pb.Report:
-        maps = None
-        if report.status == ReportStatus.completed:
-            maps = await run_in_threadpool(grounding_maps, self.services.blobs, report.id)
-        return messages.report(to_public(report), maps)
+        draft = None
+        if report.status == ReportStatus.completed:  # its maps at the model's precision
+            draft = Draft.model_validate(await run_in_threadpool(
+                self.services.blobs.get_json, report.id, "draft.json"))
+        return messages.report(to_public(report), draft)
 
     async def Generate(self, request: service_pb.GenerateRequest,
                        context: Context) -> pb.Report:

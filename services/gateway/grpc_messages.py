@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from radreport.v1 import report_pb2 as pb
 from radreport.v1 import report_service_pb2 as service_pb
 from services.common.schemas import (
+    Draft,
     PatientMetadata,
     ReportPublic,
     ReportRequestBase,
@@ -77,12 +78,13 @@ def sentence(index: int, data: dict[str, Any], letterbox: dict[str, Any] | None,
         overlay_url=overlay_url)
 
 
-def report(public: ReportPublic, maps: dict[str, Any] | None) -> pb.Report:
-    """The REST answer as a message; ``maps`` (the grounding blob) adds each sentence's map."""
-    mapped = {s["index"]: s for s in (maps or {}).get("sentences", [])}
-    letterbox = (maps or {}).get("letterbox")
-    sentences = [sentence(s.index, {**s.model_dump(), "heatmap": mapped.get(s.index, {}).get(
-        "heatmap")}, letterbox, s.overlay_url) for s in public.sentences]
+def report(public: ReportPublic, draft: Draft | None) -> pb.Report:
+    """The REST answer as a message; the ``draft`` adds each sentence's grounding map."""
+    heatmaps = [s.heatmap for s in draft.sentences] if draft else []
+    letterbox = draft.letterbox.model_dump(mode="json") if draft else None
+    sentences = [sentence(s.index, {**s.model_dump(), "heatmap": heatmaps[s.index]
+                                    if s.index < len(heatmaps) else None},
+                          letterbox, s.overlay_url) for s in public.sentences]
     findings = [pb.StructuredFinding(
         finding=f.finding, present=f.present, confidence=f.confidence,
         severity=f.severity or "", is_critical=f.is_critical,
