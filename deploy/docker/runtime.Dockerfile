@@ -41,6 +41,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     RADREPORT_BLOB_ROOT=/data/blobs \
     RADREPORT_GATEWAY_IMAGE_ROOT=/data/images \
     RADREPORT_GATEWAY_HOST=0.0.0.0 \
+    RADREPORT_GATEWAY_GRPC_HOST=0.0.0.0 \
     RADREPORT_DICOM_HOST=0.0.0.0 \
     RADREPORT_DICOM_METRICS_HOST=0.0.0.0 \
     RADREPORT_WORKER_METRICS_HOST=0.0.0.0 \
@@ -56,7 +57,7 @@ COPY --chmod=0755 deploy/docker/entrypoint.sh deploy/docker/healthcheck.py /opt/
 WORKDIR /data
 USER 10001:10001
 # gateway HTTP, DICOM, worker metrics, DICOM metrics
-EXPOSE 8080 11112 9100 9102
+EXPOSE 8080 50051 11112 9100 9102
 # Which service this container runs is read from its command (or RADREPORT_SERVICE).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "/opt/radreport/healthcheck.py"]

@@ -522,7 +522,7 @@ def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
 
         labels = {component_or(d): d["spec"]["template"]["metadata"]["labels"]
                   for d in docs if d["kind"] in WORKLOADS}
-        assert ingress_ports(labels["gateway"]) == {8080}, variant
+        assert ingress_ports(labels["gateway"]) == {8080, 50051}, variant  # REST, gRPC
         assert ingress_ports(labels["dicom"]) == {11112, 9102}, variant
         for queue in QUEUES:
             assert ingress_ports(labels[f"worker-{queue}"]) == {9100}, variant
