@@ -9,7 +9,10 @@ the gateway) and prints, in one run on one machine:
    the model's own time (ONNX Runtime in-process on the same input);
 2. DICOM decoding of a 2,048 px JPEG 2000 study against the model's time;
 3. a burst of studies posted at once (asynchronously): all must complete, none lost, none
-   duplicated, and the broker's messages must carry ids, not pixels.
+   duplicated, and the broker's messages must carry ids, not pixels;
+4. the gRPC ``GenerateStream``: when the first sentence, the last sentence and the finished
+   report reach the client, and whether the first sentence arrives before the model has
+   decoded the last one (sentences are stamped when decoded; one machine, one clock).
 """
 
 from __future__ import annotations
@@ -78,9 +81,12 @@ def run(count: int = 20, burst: int = 200, size: int = 1024) -> Iterator[str]:
 
         config = StackConfig.on_free_ports(root / "stack")
         config.extra_env = {"RADREPORT_GATEWAY_SYNC_WAIT_S": "300"}
-        with LocalStack(config) as stack, httpx.Client(base_url=config.gateway_url,
-                                                       timeout=600) as api:
+        with LocalStack(config) as stack, httpx.Client(
+                base_url=config.gateway_url, timeout=600, headers={
+                    "Authorization": f"Bearer {config.token('service', 'bench', 86400)}"},
+        ) as api:
             yield from _sequential(api, studies, model_ms, decode_ms)
+            yield from _streaming(config, studies)
             yield from _burst(api, stack, studies, burst)
 
 
@@ -120,6 +126,38 @@ def _sequential(api: httpx.Client, studies: list[Path], model_ms: float, decode_
     outside = p50 - model_ms - decode_ms
     yield (f"  outside the model and decoding: {outside:.0f} ms = "
            f"{100 * outside / model_ms:.0f}% of the model's own time (goal <= 20%)")
+
+
+def _streaming(config: StackConfig, studies: list[Path]) -> Iterator[str]:
+    import grpc
+
+    from radreport.v1 import report_service_pb2 as service_pb
+    from radreport.v1 import report_service_pb2_grpc as service_grpc
+
+    metadata = (("authorization", f"Bearer {config.token('service', 'bench', 86400)}"),)
+    first, last, done, margin = [], [], [], []
+    with grpc.insecure_channel(config.grpc_target) as channel:
+        stub = service_grpc.ReportServiceStub(channel)
+        for i, path in enumerate(studies):
+            request = service_pb.GenerateRequest(study_id=f"BENCH-STREAM-{i}",
+                                                 image_data=path.read_bytes())
+            start = time.perf_counter()
+            arrivals, decoded = [], []
+            for event in stub.GenerateStream(request, metadata=metadata, timeout=600):
+                if event.HasField("sentence"):
+                    arrivals.append((time.perf_counter() - start, time.time()))
+                    decoded.append(event.time.ToNanoseconds() / 1e9)
+            done.append((time.perf_counter() - start) * 1000)
+            if arrivals:
+                first.append(arrivals[0][0] * 1000)
+                last.append(arrivals[-1][0] * 1000)
+                margin.append((max(decoded) - arrivals[0][1]) * 1000)
+    early = sum(m > 0 for m in margin)
+    yield (f"gRPC GenerateStream ({len(studies)} studies, one at a time): first sentence p50 "
+           f"{_p(first, 50):.0f} ms, last sentence p50 {_p(last, 50):.0f} ms, finished report "
+           f"p50 {_p(done, 50):.0f} ms after the call")
+    yield (f"  first sentence at the client before the last was decoded: {early} of "
+           f"{len(margin)} studies (p50 margin {_p(margin, 50):.0f} ms)")
 
 
 def _burst(api: httpx.Client, stack: LocalStack, studies: list[Path], burst: int,
