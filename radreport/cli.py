@@ -391,6 +391,60 @@ def report(
         typer.echo(f"saved the report, FHIR bundle, maps and overlays in {save}")
 
 
+@app.command()
+def stream(
+    image: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                          help="A DICOM, PNG or JPEG chest radiograph.")],
+    study_id: Annotated[str | None, typer.Option(help="Default: the file's name.")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="host:port of the gRPC API. Default: the local stack's.")] = None,
+    force: Annotated[bool, typer.Option(help="Generate again if a report exists.")] = False,
+) -> None:
+    """Stream one study's report over gRPC: each sentence and its region as it is decoded."""
+    import time
+
+    import grpc
+
+    from radreport.stack import StackConfig
+    from radreport.v1 import report_service_pb2 as service_pb
+    from radreport.v1 import report_service_pb2_grpc as service_grpc
+
+    config = StackConfig.from_env()
+    token = os.environ.get("RADREPORT_TOKEN") or config.token("service", "radreport-cli")
+    request = service_pb.GenerateRequest(study_id=study_id or image.stem.replace(" ", "_")[:64],
+                                         image_data=image.read_bytes(), force=force)
+    start = time.perf_counter()
+    with grpc.insecure_channel(target or config.grpc_target) as channel:
+        calls = service_grpc.ReportServiceStub(channel)
+        try:
+            for event in calls.GenerateStream(request, timeout=300, metadata=(
+                    ("authorization", f"Bearer {token}"),)):
+                at = f"{1000 * (time.perf_counter() - start):6.0f} ms"
+                if event.HasField("status"):
+                    stage = service_pb.StatusUpdate.Stage.Name(event.status.stage)
+                    typer.echo(f"{at}  {event.report_id} {stage.removeprefix('STAGE_').lower()}"
+                               + (" (existing report)" if event.status.existing_report else ""))
+                elif event.HasField("sentence"):
+                    s = event.sentence
+                    boxes = [(b.x0, b.y0, b.x1, b.y1) for b in s.boxes]
+                    typer.echo(f"{at}  [{s.index}] {s.text} -> boxes {boxes}")
+                else:
+                    report = event.report
+                    typer.echo(f"{at}  report {report.report_id} "
+                               f"{pb_status_name(report.status)}: {len(report.sentences)} "
+                               f"sentences, review required: "
+                               f"{report.requires_radiologist_review}")
+        except grpc.RpcError as err:
+            typer.echo(f"gRPC {err.code().name}: {err.details()}", err=True)
+            raise typer.Exit(1) from err
+
+
+def pb_status_name(status: int) -> str:
+    from radreport.v1 import report_pb2
+
+    return report_pb2.ReportStatus.Name(status).removeprefix("REPORT_STATUS_").lower()
+
+
 @bench_app.command("stack")
 def bench_stack(
     count: Annotated[int, typer.Option(min=2, help="Studies sent one at a time.")] = 20,

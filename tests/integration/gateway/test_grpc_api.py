@@ -7,6 +7,8 @@ and the message-size limit.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -296,3 +298,25 @@ def test_health_reflection_and_metrics_answer(stack: LocalStack, channel: grpc.C
     assert 'radreport_grpc_requests_total{code="OK",method="Generate"}' in metrics
     assert 'radreport_grpc_requests_total{code="UNAUTHENTICATED",method="Generate"}' in metrics
     assert "radreport_stream_first_sentence_seconds_count" in metrics
+
+
+def test_radreport_stream_prints_sentences_as_they_come(stack: LocalStack,
+                                                        tmp_path: Path) -> None:
+    path = tmp_path / "cli-study.dcm"
+    path.write_bytes(dicom_bytes(tmp_path, 3_100_006))
+    done = subprocess.run([sys.executable, "-m", "radreport.cli", "stream", str(path)],
+                          env=stack.config.environment(), capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.endswith("inferring") for line in lines)
+    sentences = [line for line in lines if "] " in line and "-> boxes" in line]
+    assert sentences and "[0]" in sentences[0]
+    assert "completed" in lines[-1] and f"{len(sentences)} sentences" in lines[-1]
+    # a refusal is one line on stderr and a non-zero exit, not a trace
+    path.write_bytes(b"not an image")
+    refused = subprocess.run([sys.executable, "-m", "radreport.cli", "stream", str(path)],
+                             env=stack.config.environment(), capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().startswith("gRPC INVALID_ARGUMENT:")
