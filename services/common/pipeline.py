@@ -8,8 +8,10 @@ implemented by its service and linked here into one chain per report:
 2. ``radreport.preprocess`` (services.preprocess): decode DICOM/PNG/JPEG, refuse what is not
    a chest radiograph, letterbox to the model input; blobs ``model_input.npy``,
    ``display.npy``, ``preprocess.json``.
-3. ``radreport.infer`` (services.inference): one Triton request for the whole report;
-   grounding boxes mapped back to original pixels; blob ``draft.json``.
+3. ``radreport.infer`` (services.inference): one streaming Triton request per report;
+   each sentence, with its boxes mapped back to original pixels, is published as soon as
+   it is decoded (``services.common.events``, followed by the gRPC ``GenerateStream``);
+   blob ``draft.json``.
 4. ``radreport.format`` (services.fhir): structured findings, review flags, the FHIR
    bundle (blob ``fhir.json``); the report is stored as completed, then waiters are notified.
 5. ``radreport.ground`` (services.grounding), after completion: a preview overlay PNG per

@@ -16,7 +16,12 @@ from tritonclient.utils import InferenceServerException
 
 from radreport.data.phantoms import generate_study
 from radreport.model.report import ReportGenerator, to_model_input
-from radreport.serving.client import ReportClient, TritonRequestError, TritonUnavailableError
+from radreport.serving.client import (
+    STREAM_MODEL,
+    ReportClient,
+    TritonRequestError,
+    TritonUnavailableError,
+)
 from radreport.serving.tritonserver import DEFAULT_REPOSITORY, TritonServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -165,3 +170,45 @@ def test_an_overload_is_rejected_cleanly_and_the_rest_answered(
     for outcome, want in zip(outcomes, reference, strict=True):
         if not isinstance(outcome, str):
             assert_same_report(outcome, want)
+
+
+def stream(url: str, image: np.ndarray) -> list[dict[str, Any]]:
+    return list(ReportClient(url, model=STREAM_MODEL).generate_stream(image))
+
+
+def test_the_decoupled_model_streams_each_sentence_before_the_report(
+        server: TritonServer, inputs: np.ndarray, reference: list[dict[str, Any]]) -> None:
+    for i in range(2):
+        events = stream(server.grpc_url, inputs[i : i + 1])
+        *sentences, report = events
+        assert report["type"] == "report" and {e["type"] for e in sentences} == {"sentence"}
+        assert_same_report(report, reference[i])
+        assert [s["index"] for s in sentences] == list(range(len(reference[i]["sentences"])))
+        for got, want in zip(sentences, reference[i]["sentences"], strict=True):
+            assert (got["text"], got["section"], got["boxes"]) == (
+                want["text"], want["section"], want["boxes"])
+            np.testing.assert_allclose(got["heatmap"], want["heatmap"], atol=1e-4)
+        decoded = [s["decoded_at"] for s in sentences]
+        assert decoded == sorted(decoded) and decoded[0] < decoded[-1]  # one by one
+
+
+def test_concurrent_streams_are_batched_and_each_gets_its_own_sentences(
+        server: TritonServer, inputs: np.ndarray, reference: list[dict[str, Any]]) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    before = client.get_inference_statistics(STREAM_MODEL).model_stats[0]
+    with ThreadPoolExecutor(8) as pool:
+        streams = list(pool.map(lambda i: stream(server.grpc_url, inputs[i : i + 1]), range(8)))
+    for events, want in zip(streams, reference[:8], strict=True):
+        assert_same_report(events[-1], want)
+        assert [e["text"] for e in events[:-1]] == [s["text"] for s in want["sentences"]]
+    after = client.get_inference_statistics(STREAM_MODEL).model_stats[0]
+    assert after.inference_count - before.inference_count == 8
+    assert after.execution_count - before.execution_count < 8  # batched
+
+
+def test_a_stream_of_a_wrong_image_is_refused_without_retrying(server: TritonServer) -> None:
+    client = ReportClient(server.grpc_url, model=STREAM_MODEL, backoff_s=5.0)
+    with pytest.raises(TritonRequestError, match="image"):
+        list(client.generate_stream(np.zeros((1, 1, 64, 64), np.float32)))
+    # the client's stream is closed again: the next study streams normally
+    assert client.generate_stream(np.zeros((1, 1, 256, 256), np.float32)).__next__()
