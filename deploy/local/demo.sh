@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: start the local stack (if it is not running), make a sample phantom study
-# as DICOM, send it through the API and print its grounded report. The stack keeps running
+# as DICOM, send it through the API and print its grounded report, then stream it again over
+# gRPC, sentence by sentence. The stack keeps running
 # afterwards (API docs at the gateway's /docs); `.venv/bin/radreport down` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +26,9 @@ fi
 echo
 echo "The draft report from the stack:"
 "$radreport" report "$study" --study-id DEMO-STUDY-1 --force --save "$DEMO_DIR/report"
+echo
+echo "The same study streamed over gRPC (port ${RADREPORT_GATEWAY_GRPC_PORT:-50051}), each sentence as it is decoded:"
+"$radreport" stream "$study" --study-id DEMO-STUDY-1 --force
 echo
 echo "The stack is still running: API docs at http://127.0.0.1:${RADREPORT_GATEWAY_PORT:-8080}/docs"
 echo "Review page: http://127.0.0.1:${RADREPORT_GATEWAY_PORT:-8080}/review/  (sign in with: $radreport token --role radiologist)"

@@ -124,8 +124,7 @@ class ReportService(service_grpc.ReportServiceServicer):
                                                  _time_left(context, self.services))
         if not ReportStatus(report.status).finished:
             await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                f"report {report.id} is not finished yet; read it later with "
-                                "GetReport")
+                         f"report {report.id} is not finished yet; read it later with GetReport")
         if report.status == ReportStatus.failed:
             await _abort_failed(context, report)
         return await self._message(report)
@@ -158,8 +157,8 @@ class ReportService(service_grpc.ReportServiceServicer):
                         yield event
             except TimeoutError:
                 await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    f"report {report.id} is not finished yet; read it later "
-                                    "with GetReport")
+                             f"report {report.id} is not finished yet; read it later with "
+                             "GetReport")
         assert final is not None
         message = await self._message(final)
         for missed in message.sentences[sent:]:  # a finished report, or events gone
