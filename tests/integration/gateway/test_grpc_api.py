@@ -320,3 +320,22 @@ def test_radreport_stream_prints_sentences_as_they_come(stack: LocalStack,
                              timeout=60, check=False)
     assert refused.returncode == 1
     assert refused.stderr.strip().startswith("gRPC INVALID_ARGUMENT:")
+
+
+def test_a_client_that_hangs_up_does_not_lose_its_report(
+        stack: LocalStack, reports: service_grpc.ReportServiceStub, tmp_path: Path) -> None:
+    request = service_pb.GenerateRequest(study_id="GRPC-HANGUP",
+                                         image_data=dicom_bytes(tmp_path, 3_100_007))
+    call = reports.GenerateStream(request, metadata=bearer(stack), timeout=120)
+    first = next(call)
+    assert first.status.stage == Stage.STAGE_QUEUED
+    call.cancel()
+    deadline = time.monotonic() + 60
+    while True:
+        report = reports.GetReport(service_pb.GetReportRequest(report_id=first.report_id),
+                                   metadata=bearer(stack))
+        if report.status in (pb.REPORT_STATUS_COMPLETED, pb.REPORT_STATUS_FAILED):
+            break
+        assert time.monotonic() < deadline, "the report never finished"
+        time.sleep(0.2)
+    assert report.status == pb.REPORT_STATUS_COMPLETED and report.sentences

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import yaml
@@ -19,6 +20,8 @@ from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 from radreport.serving.tritonserver import PROJECT_ROOT, free_port
 from radreport.stack import LocalStack, StackConfig
+from radreport.v1 import report_service_pb2 as service_pb
+from radreport.v1 import report_service_pb2_grpc as service_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OBSERVABILITY = PROJECT_ROOT / "deploy" / "observability"
@@ -104,6 +107,12 @@ def traffic(stack: LocalStack, prometheus: str, tmp_path_factory: pytest.TempPat
             assert response.status_code == 200, response.text
         api.post("/api/v1/reports/generate", data={"study_id": "OBS-BAD"},
                  files={"file": ("x.bin", b"not an image" * 20)})
+    with grpc.insecure_channel(stack.config.grpc_target) as channel:  # one streamed study
+        events = list(service_grpc.ReportServiceStub(channel).GenerateStream(
+            service_pb.GenerateRequest(study_id="OBS-STREAM", image_data=path.read_bytes(),
+                                       force=True),
+            metadata=(("authorization", headers["Authorization"]),), timeout=120))
+        assert events[-1].HasField("report")
     time.sleep(4)  # a few more scrapes after the last report
 
 
