@@ -183,16 +183,22 @@ class ReportGenerator:
 
         Without letterboxes, boxes stay in model-input pixels.
         """
-        size = self.info.image_size
-        if batch.ndim != 4 or batch.shape[1:] != (1, size, size):
-            raise ValueError(f"model input of shape {batch.shape} is not (B, 1, {size}, {size})")
-        if letterboxes is None:
-            letterboxes = [Letterbox(size, 1.0, 0, 0, (size, size))] * len(batch)
+        letterboxes = self._checked(batch, letterboxes)
         encoded = self.onnx.encode(batch)
         ids, maps = self.onnx.greedy_from_memory(encoded.memory_kv)
         return [self._draft(ids[i], maps[i], encoded.label_probs[i], letterboxes[i],
                             box_threshold)
                 for i in range(len(batch))]
+
+    def _checked(self, batch: np.ndarray,
+                 letterboxes: Sequence[Letterbox] | None) -> Sequence[Letterbox]:
+        """The letterboxes of a (B, 1, S, S) batch; identity ones (model pixels) if none."""
+        size = self.info.image_size
+        if batch.ndim != 4 or batch.shape[1:] != (1, size, size):
+            raise ValueError(f"model input of shape {batch.shape} is not (B, 1, {size}, {size})")
+        if letterboxes is None:
+            return [Letterbox(size, 1.0, 0, 0, (size, size))] * len(batch)
+        return letterboxes
 
     def stream_prepared(self, batch: np.ndarray, letterboxes: Sequence[Letterbox] | None = None,
                         box_threshold: float = 0.5) -> Iterator[SentenceDecoded | ReportDecoded]:
@@ -203,11 +209,7 @@ class ReportGenerator:
         EOS. Each image's ``ReportDecoded`` follows its last sentence, and its sentences are
         exactly those of ``generate_prepared``.
         """
-        size = self.info.image_size
-        if batch.ndim != 4 or batch.shape[1:] != (1, size, size):
-            raise ValueError(f"model input of shape {batch.shape} is not (B, 1, {size}, {size})")
-        if letterboxes is None:
-            letterboxes = [Letterbox(size, 1.0, 0, 0, (size, size))] * len(batch)
+        letterboxes = self._checked(batch, letterboxes)
         encoded = self.onnx.encode(batch)
         ids: list[list[int]] = [[] for _ in batch]
         maps: list[list[np.ndarray]] = [[] for _ in batch]
