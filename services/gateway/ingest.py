@@ -36,10 +36,6 @@ class IngestError(Exception):
         self.reason = reason
 
 
-def sniff(data: bytes) -> ImageFormat | None:
-    return sniff_format(data[:132])
-
-
 def resolve_image_path(root: Path, image_path: str) -> Path:
     """``image_path`` (relative to the root, or absolute) if it resolves inside the root."""
     if image_path.startswith(("s3://", "gs://", "http://", "https://")):
@@ -86,7 +82,7 @@ def fetch_url(url: str, max_bytes: int, timeout_s: float) -> bytes:
 
 def check_image(data: bytes, max_pixels: int) -> tuple[ImageFormat, dict[str, object]]:
     """The format, and for DICOM its non-PHI header attributes; refuses what we can't use."""
-    image_format = sniff(data)
+    image_format = sniff_format(data[:132])
     if image_format is None:
         raise IngestError(415, "the file is not DICOM (Part 10), PNG or JPEG", "unsupported_format")
     if image_format != "dicom":

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from radreport.model.grounding import Letterbox, attention_entropy
 from services.common.blobs import write_atomic
-from services.common.schemas import BoundingBox, Draft, LetterboxInfo
+from services.common.schemas import BoundingBox, Draft
 
 COLORMAP = "inferno"
 PNG_COMPRESS_LEVEL = 1
@@ -42,10 +42,6 @@ class OverlayFiles:
     index: int
     full: Path
     preview: Path
-
-
-def letterbox_of(info: LetterboxInfo) -> Letterbox:
-    return info.to_letterbox()
 
 
 def _bilinear_weights(n_out: int, start: float, step: float, n_grid: int) -> np.ndarray:
@@ -233,7 +229,7 @@ def scaled_boxes(boxes: list[BoundingBox], fx: float, fy: float) -> list[Boundin
 def overlay_png(display: np.ndarray, draft: Draft, index: int,
                 max_side: int | None = None) -> bytes:
     """One sentence's overlay as PNG bytes, full size or drawn small for a preview."""
-    return _overlay(display, letterbox_of(draft.letterbox), draft, index, max_side)
+    return _overlay(display, draft.letterbox.to_letterbox(), draft, index, max_side)
 
 
 def _overlay(display: np.ndarray, letterbox: Letterbox, draft: Draft, index: int,
@@ -257,7 +253,7 @@ def write_overlays(display: np.ndarray, draft: Draft, out_dir: Path,
     The preview's longest side is ``preview_side`` (smaller overlays are not enlarged).
     """
     files = []
-    letterbox = letterbox_of(draft.letterbox)
+    letterbox = draft.letterbox.to_letterbox()
     small, small_box, _ = shrunk(display, letterbox, [], preview_side)  # once, not per sentence
     fx, fy = small.shape[1] / display.shape[1], small.shape[0] / display.shape[0]
     small_draft = draft.model_copy(update={"sentences": [

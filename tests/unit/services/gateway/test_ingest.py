@@ -11,7 +11,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, build_dataset
-from services.gateway.ingest import IngestError, check_image, resolve_image_path, sniff
+from services.gateway.ingest import IngestError, check_image, resolve_image_path
+from services.preprocess.imaging import sniff_format
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +45,10 @@ def test_paths_resolve_only_inside_the_root(tmp_path: Path) -> None:
 
 
 def test_formats_are_sniffed_from_content(dicom_bytes: bytes) -> None:
-    assert sniff(dicom_bytes) == "dicom"
-    assert sniff(b"\x89PNG\r\n\x1a\n" + b"\0" * 10) == "png"
-    assert sniff(b"\xff\xd8\xff\xe0" + b"\0" * 10) == "jpeg"
-    assert sniff(b"GIF89a" + b"\0" * 200) is None
+    assert sniff_format(dicom_bytes) == "dicom"
+    assert sniff_format(b"\x89PNG\r\n\x1a\n" + b"\0" * 10) == "png"
+    assert sniff_format(b"\xff\xd8\xff\xe0" + b"\0" * 10) == "jpeg"
+    assert sniff_format(b"GIF89a" + b"\0" * 200) is None
 
 
 def test_a_chest_radiograph_passes_with_its_uids(dicom_bytes: bytes) -> None:

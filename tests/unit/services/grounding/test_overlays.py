@@ -18,7 +18,6 @@ from services.grounding.overlays import (
     attention_entropy,
     compact_maps,
     heatmap_on_original,
-    letterbox_of,
     render_overlay,
     write_overlays,
 )
@@ -222,7 +221,7 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path: Path,
 
 def test_letterbox_info_round_trips() -> None:
     letterbox = Letterbox.fit((600, 700), 256)
-    assert letterbox_of(_draft().letterbox) == letterbox
+    assert _draft().letterbox.to_letterbox() == letterbox
 
 
 # --- maps for the API and monitoring ---------------------------------------------------
