@@ -23,7 +23,13 @@ from PIL import Image
 
 from radreport.data.labels import CHEXPERT_LABELS
 from radreport.data.phantoms.study import Box
-from radreport.model.grounding import Letterbox, map_boxes, report_spans, sentence_maps
+from radreport.model.grounding import (
+    Letterbox,
+    SentenceSpan,
+    map_boxes,
+    report_spans,
+    sentence_maps,
+)
 from radreport.model.onnx_runtime import DEFAULT_PROVIDERS, EncoderOutput, OnnxReportModel
 from radreport.model.tokenizer import ReportTokenizer, detokenize
 
@@ -206,66 +212,69 @@ class ReportGenerator:
 
         A sentence is final once the token after its closing one is known (that token
         decides a decimal point or a section header); the rest of a report is final at its
-        EOS. Each image's ``ReportDecoded`` follows its last sentence, and its sentences are
-        exactly those of ``generate_prepared``.
+        end (EOS or PAD). Each image's ``ReportDecoded`` follows its last sentence and is
+        made of the sentences streamed, which are exactly those of ``generate_prepared``.
         """
         letterboxes = self._checked(batch, letterboxes)
         encoded = self.onnx.encode(batch)
-        ids: list[list[int]] = [[] for _ in batch]
-        maps: list[list[np.ndarray]] = [[] for _ in batch]
-        sent = [0] * len(batch)
-        done = [False] * len(batch)
+        reports = [_GrowingReport(letterbox) for letterbox in letterboxes]
+        ends = (self.onnx.eos_id, self.onnx.pad_id)
         for step in self.onnx.greedy_steps(encoded.memory_kv):
-            for item in range(len(batch)):
-                if done[item]:
+            for item, report in enumerate(reports):
+                if report.finished:
                     continue
-                ids[item].append(int(step.tokens[item]))
-                maps[item].append(step.attention[item])
-                done[item] = bool(step.finished[item])
-                yield from self._new_sentences(item, ids[item], maps[item], sent, done[item],
-                                               letterboxes[item], box_threshold)
-                if done[item]:
-                    yield self._report_decoded(item, ids[item], maps[item], encoded,
-                                               letterboxes[item], box_threshold)
-        for item in (i for i in range(len(batch)) if not done[i]):  # cut at max_len
-            yield from self._new_sentences(item, ids[item], maps[item], sent, True,
-                                           letterboxes[item], box_threshold)
-            yield self._report_decoded(item, ids[item], maps[item], encoded,
-                                       letterboxes[item], box_threshold)
+                token = int(step.tokens[item])
+                if not report.ended:
+                    if token in ends:
+                        report.ended = True
+                    else:
+                        report.ids.append(token)
+                        report.words.append(self.tokenizer.id_to_token(token))
+                        report.attention.append(step.attention[item])
+                yield from self._new_sentences(item, report, box_threshold)
+                if step.finished[item]:
+                    report.finished = True
+                    yield self._report_decoded(item, report, encoded)
+        for item, report in enumerate(reports):
+            if not report.finished:  # cut at max_len
+                report.ended = True
+                yield from self._new_sentences(item, report, box_threshold)
+                yield self._report_decoded(item, report, encoded)
 
-    def _new_sentences(self, item: int, ids: list[int], maps: list[np.ndarray], sent: list[int],
-                       final: bool, letterbox: Letterbox, box_threshold: float,
+    def _new_sentences(self, item: int, report: _GrowingReport, box_threshold: float,
                        ) -> Iterator[SentenceDecoded]:
-        length = _length(np.asarray(ids), self.onnx.eos_id, self.onnx.pad_id)
-        words = self.tokenizer.tokens(ids[:length])
-        spans = [s for s in report_spans(words) if final or s.end + 1 < len(words)]
-        for index in range(sent[item], len(spans)):
-            span = spans[index]
-            (heatmap,) = sentence_maps(words, np.stack(maps[:length]), [(span.start, span.end)])
-            yield SentenceDecoded(item, index, ReportSentence(
-                detokenize(words[span.start : span.end], self.tokenizer.truecase), span.section,
-                heatmap, map_boxes(heatmap, letterbox, box_threshold)))
-        sent[item] = max(sent[item], len(spans))
+        words = report.words
+        spans = [s for s in report_spans(words) if report.ended or s.end + 1 < len(words)]
+        for span in spans[len(report.sentences):]:
+            sentence = self._sentence(words, np.stack(report.attention[span.start : span.end]),
+                                      span, report.letterbox, box_threshold)
+            report.sentences.append(sentence)
+            yield SentenceDecoded(item, len(report.sentences) - 1, sentence)
 
-    def _report_decoded(self, item: int, ids: list[int], maps: list[np.ndarray],
-                        encoded: EncoderOutput, letterbox: Letterbox, box_threshold: float,
-                        ) -> ReportDecoded:
-        return ReportDecoded(item, self._draft(np.asarray(ids), np.stack(maps),
-                                               encoded.label_probs[item], letterbox,
-                                               box_threshold))
+    def _report_decoded(self, item: int, report: _GrowingReport,
+                        encoded: EncoderOutput) -> ReportDecoded:
+        return ReportDecoded(item, self._report(report.ids, report.sentences,
+                                                encoded.label_probs[item], report.letterbox))
+
+    def _sentence(self, words: Sequence[str], attention: np.ndarray, span: SentenceSpan,
+                  letterbox: Letterbox, box_threshold: float) -> ReportSentence:
+        """One sentence from the report's words and the attention rows of its own tokens."""
+        tokens = words[span.start : span.end]
+        (heatmap,) = sentence_maps(tokens, attention, [(0, len(tokens))])
+        return ReportSentence(detokenize(tokens, self.tokenizer.truecase), span.section,
+                              heatmap, map_boxes(heatmap, letterbox, box_threshold))
 
     def _draft(self, ids: np.ndarray, maps: np.ndarray, probs: np.ndarray,
                letterbox: Letterbox, box_threshold: float) -> DraftReport:
         length = _length(ids, self.onnx.eos_id, self.onnx.pad_id)
         token_ids = [int(i) for i in ids[:length]]
         words = self.tokenizer.tokens(token_ids)
-        spans = report_spans(words)
-        heatmaps = sentence_maps(words, maps[:length], [(s.start, s.end) for s in spans])
-        sentences = [
-            ReportSentence(detokenize(words[s.start : s.end], self.tokenizer.truecase),
-                           s.section, heatmap, map_boxes(heatmap, letterbox, box_threshold))
-            for s, heatmap in zip(spans, heatmaps, strict=True)
-        ]
+        sentences = [self._sentence(words, maps[s.start : s.end], s, letterbox, box_threshold)
+                     for s in report_spans(words)]
+        return self._report(token_ids, sentences, probs, letterbox)
+
+    def _report(self, token_ids: list[int], sentences: list[ReportSentence], probs: np.ndarray,
+                letterbox: Letterbox) -> DraftReport:
         return DraftReport(
             findings=_section_text(sentences, "findings"),
             impression=_section_text(sentences, "impression"),
@@ -276,6 +285,19 @@ class ReportGenerator:
             letterbox=letterbox,
             model_version=self.info.model_version,
         )
+
+
+@dataclass
+class _GrowingReport:
+    """One image's report while the batched greedy loop extends it."""
+
+    letterbox: Letterbox
+    ids: list[int] = field(default_factory=list)  # generated, up to its end (EOS or PAD)
+    words: list[str] = field(default_factory=list)
+    attention: list[np.ndarray] = field(default_factory=list)  # a (N,) row per token
+    sentences: list[ReportSentence] = field(default_factory=list)  # final ones, in order
+    ended: bool = False  # its end token seen (later tokens are not part of the report)
+    finished: bool = False  # EOS seen: its ReportDecoded is out
 
 
 def _length(ids: np.ndarray, eos_id: int, pad_id: int) -> int:
