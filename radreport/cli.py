@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
+
+if TYPE_CHECKING:
+    from radreport.stack import StackConfig
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="radreport: grounded chest X-ray report drafting (not for clinical use).")
@@ -334,6 +337,15 @@ def down() -> None:
     typer.echo("radreport: stopped")
 
 
+def _client_token(config: StackConfig) -> str:
+    """$RADREPORT_TOKEN, or a machine token signed with the local stack's key."""
+    return os.environ.get("RADREPORT_TOKEN") or config.token("service", "radreport-cli")
+
+
+def _study_id_of(image: Path) -> str:
+    return image.stem.replace(" ", "_")[:64]
+
+
 @app.command()
 def report(
     image: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
@@ -351,9 +363,8 @@ def report(
 
     config = StackConfig.from_env()
     base = gateway or config.gateway_url
-    token = os.environ.get("RADREPORT_TOKEN") or config.token("service", "radreport-cli")
-    headers = {"Authorization": f"Bearer {token}"}
-    study = study_id or image.stem.replace(" ", "_")[:64]
+    headers = {"Authorization": f"Bearer {_client_token(config)}"}
+    study = study_id or _study_id_of(image)
     with image.open("rb") as handle:
         response = httpx.post(f"{base}/api/v1/reports/generate", timeout=120, headers=headers,
                               files={"file": (image.name, handle)},
@@ -410,8 +421,8 @@ def stream(
     from radreport.v1 import report_service_pb2_grpc as service_grpc
 
     config = StackConfig.from_env()
-    token = os.environ.get("RADREPORT_TOKEN") or config.token("service", "radreport-cli")
-    request = service_pb.GenerateRequest(study_id=study_id or image.stem.replace(" ", "_")[:64],
+    token = _client_token(config)
+    request = service_pb.GenerateRequest(study_id=study_id or _study_id_of(image),
                                          image_data=image.read_bytes(), force=force)
     start = time.perf_counter()
     with grpc.insecure_channel(target or config.grpc_target) as channel:
