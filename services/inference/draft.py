@@ -32,10 +32,12 @@ def draft_sentence(served: dict[str, Any], letterbox: Letterbox,
                          heatmap=served["heatmap"], labels=stated_labels(served["text"]))
 
 
-def draft_from_served(served: dict[str, Any], letterbox: LetterboxInfo, box_threshold: float,
-                      inference_ms: float) -> Draft:
-    box = letterbox.to_letterbox()
-    sentences = [draft_sentence(s, box, box_threshold) for s in served["sentences"]]
+def draft_from_served(served: dict[str, Any], sentences: list[DraftSentence],
+                      letterbox: LetterboxInfo, inference_ms: float) -> Draft:
+    """The whole report Triton served, with its sentences as ``draft_sentence`` made them
+    while they streamed in."""
+    if [s.text for s in sentences] != [s["text"] for s in served["sentences"]]:
+        raise RuntimeError("the streamed sentences are not the served report's")
     entropies = [attention_entropy(np.asarray(s.heatmap, dtype=np.float32)) for s in sentences]
     return Draft(findings=served["findings"], impression=served["impression"],
                  sentences=sentences, label_probs=served["label_probs"],
