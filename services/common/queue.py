@@ -37,7 +37,6 @@ STAGE_QUEUES = {"preprocess": "preprocess", "infer": "inference", "ground": "gro
 TASK_MODULES = ["services.preprocess.tasks", "services.inference.tasks",
                 "services.grounding.tasks", "services.fhir.tasks"]
 DEAD_LETTER_KEY = "radreport:dead-letter"
-NOTIFY_CHANNEL = "radreport:reports"
 
 
 class PermanentError(Exception):
@@ -87,13 +86,8 @@ def redis_client() -> redis.Redis:
 
 
 def notify(report_id: str, status: str) -> None:
-    """Tell waiters (the gateway, the DICOM gateway) that a report finished."""
+    """Tell waiters (a synchronous generate, a gRPC stream) that a report finished."""
     events.publish(redis_client(), report_id, "finished", status=status)
-    try:
-        redis_client().publish(NOTIFY_CHANNEL, json.dumps({"report_id": report_id,
-                                                           "status": status}))
-    except redis.RedisError:
-        log.warning("could not publish the completion of %s", report_id)
 
 
 def dead_letter(report_id: str, stage: str, reason: str) -> None:

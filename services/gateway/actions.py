@@ -9,7 +9,6 @@ own status codes.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +19,6 @@ from services.common import events
 from services.common.auth import AuthError, Principal, Role
 from services.common.intake import accept_study
 from services.common.metrics import INPUT_REJECTED
-from services.common.queue import NOTIFY_CHANNEL
 from services.common.schemas import ReportRequestBase, ReportStatus
 from services.common.store import Report
 from services.gateway.ingest import (
@@ -156,27 +154,17 @@ async def refused(services: Services, principal: Principal, client: str | None,
 
 
 async def wait_finished(services: Services, report_id: str, timeout_s: float) -> Report:
-    """The report once finished, or as it stands after ``timeout_s``."""
-    pubsub = services.redis.pubsub()
-    await pubsub.subscribe(NOTIFY_CHANNEL)
+    """The report once finished, or as it stands after ``timeout_s``: woken by the report's
+    own events (``follow``), so a waiter never reads other reports' news."""
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            report = await run_in_threadpool(services.store.get, report_id)
-            assert report is not None
-            remaining = deadline - loop.time()
-            if ReportStatus(report.status).finished or remaining <= 0:
-                return report
-            while remaining > 0:  # wake on this report's notice, or re-check each second
-                message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                   timeout=min(1.0, remaining))
-                if message is None or json.loads(message["data"])["report_id"] == report_id:
-                    break
-                remaining = deadline - loop.time()
-    finally:
-        await pubsub.unsubscribe(NOTIFY_CHANNEL)
-        await pubsub.aclose()
+        async for item in follow(services, report_id, timeout_s):
+            if isinstance(item, Report):
+                return item
+    except TimeoutError:
+        pass
+    report = await run_in_threadpool(services.store.get, report_id)
+    assert report is not None
+    return report
 
 
 async def follow(services: Services, report_id: str, timeout_s: float,
