@@ -24,6 +24,7 @@ from services.common.store import Report
 from services.gateway.ingest import (
     IngestError,
     check_image,
+    check_size,
     fetch_url,
     read_capped,
     resolve_image_path,
@@ -87,11 +88,16 @@ async def readable_report(services: Services, report_id: str, principal: Princip
     return report if allowed else None
 
 
+async def _visible_study_reports(services: Services, study_id: str,
+                                 principal: Principal) -> list[Report]:
+    return [r for r in await run_in_threadpool(services.store.list_for_study, study_id[:128])
+            if visible_to(r, principal)]
+
+
 async def study_reports(services: Services, study_id: str, principal: Principal,
                         client: str | None) -> list[Report]:
     """The study's reports this caller may see, oldest first."""
-    reports = [r for r in await run_in_threadpool(services.store.list_for_study, study_id[:128])
-               if visible_to(r, principal)]
+    reports = await _visible_study_reports(services, study_id, principal)
     await run_in_threadpool(services.store.audit, principal.subject, "read", "study_reports",
                             reports[0].study_id if reports else None,
                             "success" if reports else "not_found", client)
@@ -112,8 +118,8 @@ async def image_from_url(services: Services, url: str) -> bytes:
 async def stored_study_image(services: Services, study_id: str,
                              principal: Principal) -> tuple[str, bytes]:
     """The input image of the study's latest report this caller may see: (study, bytes)."""
-    reports = [r for r in await run_in_threadpool(services.store.list_for_study, study_id[:128])
-               if visible_to(r, principal) and r.source.get("blob")]
+    reports = [r for r in await _visible_study_reports(services, study_id, principal)
+               if r.source.get("blob")]
     if not reports:
         raise IngestError(404, "no study with this id holds an image", "study_not_found")
     latest = reports[-1]
@@ -125,9 +131,7 @@ async def accept(services: Services, principal: Principal, client: str | None,
                  fields: ReportRequestBase, data: bytes, source: str) -> tuple[Report, bool]:
     """Check the image, then create (or find) the study's report; audited either way."""
     try:
-        if len(data) > services.settings.max_upload_bytes:
-            raise IngestError(413, f"image is larger than {services.settings.max_upload_bytes}"
-                              " bytes", "too_large")
+        check_size(len(data), services.settings.max_upload_bytes)
         image_format, metadata = await run_in_threadpool(
             check_image, data, services.settings.max_pixels)
     except IngestError as err:

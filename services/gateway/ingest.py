@@ -53,9 +53,14 @@ def resolve_image_path(root: Path, image_path: str) -> Path:
     return target
 
 
-def read_capped(path: Path, max_bytes: int) -> bytes:
-    if path.stat().st_size > max_bytes:
+def check_size(size: int, max_bytes: int) -> None:
+    """The one size cap of an image, however it arrives (413)."""
+    if size > max_bytes:
         raise IngestError(413, f"image is larger than {max_bytes} bytes", "too_large")
+
+
+def read_capped(path: Path, max_bytes: int) -> bytes:
+    check_size(path.stat().st_size, max_bytes)
     return path.read_bytes()
 
 
@@ -70,9 +75,7 @@ def fetch_url(url: str, max_bytes: int, timeout_s: float) -> bytes:
                                   "fetch_failed")
             for chunk in response.iter_bytes():
                 size += len(chunk)
-                if size > max_bytes:
-                    raise IngestError(413, f"image is larger than {max_bytes} bytes",
-                                      "too_large")
+                check_size(size, max_bytes)
                 chunks.append(chunk)
     except httpx.HTTPError as err:
         raise IngestError(422, f"image_url could not be fetched ({type(err).__name__})",

@@ -27,7 +27,7 @@ from services.common.schemas import (
 from services.common.store import Report
 from services.gateway import actions
 from services.gateway.deps import ClientDep, Readers, Requesters, Services, ServicesDep
-from services.gateway.ingest import IngestError
+from services.gateway.ingest import IngestError, check_size
 from services.gateway.views import report_url, to_public, to_summary
 from services.grounding.render import grounding_maps, overlay
 
@@ -68,9 +68,7 @@ async def _parse_generate(request: Request, services: Services,
         if not isinstance(upload, UploadFile):
             raise IngestError(422, "multipart upload needs a 'file' part", "missing_file")
         data = await upload.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise IngestError(413, f"image is larger than {settings.max_upload_bytes} bytes",
-                              "too_large")
+        check_size(len(data), settings.max_upload_bytes)
         text = {k: v for k, v in form.items() if isinstance(v, str) and v}
         age, sex = text.get("patient_age"), text.get("patient_sex")
         try:
