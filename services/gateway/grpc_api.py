@@ -123,8 +123,7 @@ class ReportService(service_grpc.ReportServiceServicer):
             report = await actions.wait_finished(self.services, report.id,
                                                  _time_left(context, self.services))
         if not ReportStatus(report.status).finished:
-            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                         f"report {report.id} is not finished yet; read it later with GetReport")
+            await _abort_unfinished(context, report)
         if report.status == ReportStatus.failed:
             await _abort_failed(context, report)
         return await self._message(report)
@@ -156,9 +155,7 @@ class ReportService(service_grpc.ReportServiceServicer):
                             sent += 1
                         yield event
             except TimeoutError:
-                await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                             f"report {report.id} is not finished yet; read it later with "
-                             "GetReport")
+                await _abort_unfinished(context, report)
         assert final is not None
         message = await self._message(final)
         for missed in message.sentences[sent:]:  # a finished report, or events gone
@@ -223,6 +220,11 @@ async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoRet
 async def _abort_ingest(context: Context, err: IngestError) -> NoReturn:
     await _abort(context, INGEST_CODES.get(err.status, grpc.StatusCode.INVALID_ARGUMENT),
                  str(err))
+
+
+async def _abort_unfinished(context: Context, report: Report) -> NoReturn:
+    await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 f"report {report.id} is not finished yet; read it later with GetReport")
 
 
 async def _abort_failed(context: Context, report: Report) -> NoReturn:
