@@ -10,6 +10,7 @@ hold the stub for our Python, the stub must load the running interpreter's libpy
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sysconfig
@@ -38,10 +39,38 @@ class TritonNotInstalledError(RuntimeError):
     pass
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel picks for outgoing connections (Linux; else IANA's)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now, below the ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` is one it may also give to any outgoing
+    connection before our server binds it (with a stack of a dozen servers and gRPC
+    clients, it did). Ports below that range are never picked for connections, and this
+    process never hands one out twice.
+    """
+    low = 20000
+    high = max(low + 1000, _ephemeral_floor())
+    while True:
+        port = secrets.randbelow(high - low) + low
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -87,6 +88,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     if grpc_server is not None:
         readiness.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await readiness  # before the Triton client below is closed under it
         await grpc_server.stop(grace=5)
     sweeper.cancel()
     REGISTRY.unregister(queues)

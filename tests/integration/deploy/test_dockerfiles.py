@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from radreport.serving.tritonserver import free_port
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -220,12 +222,6 @@ def test_triton_cpu_image_matches_the_installer_layout() -> None:
 # The scripts the runtime image carries ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class _Ok(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(200 if self.path in {"/healthz", "/metrics"} else 404)
@@ -251,7 +247,7 @@ def _check(service: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_healthcheck_script(http_port: int) -> None:
-    closed = str(_free_port())
+    closed = str(free_port())
     assert _check("gateway", RADREPORT_GATEWAY_PORT=str(http_port)).returncode == 0
     assert _check("gateway", RADREPORT_GATEWAY_PORT=closed).returncode == 1
     for worker in ("preprocess", "inference", "grounding", "fhir"):
