@@ -11,12 +11,22 @@ from typing import Any
 
 from radreport.data.labels import CHEXPERT_LABELS
 
+ARCHS: tuple[str, ...] = ("vit", "chexquery")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """ViT image encoder + cross-attending Transformer decoder + multi-label head."""
+    """Image encoder + cross-attending Transformer decoder + multi-label head.
+
+    ``arch`` picks the encoder: ``"vit"`` (v1: a plain ViT, CLS token to the label head) or
+    ``"chexquery"`` (v2: a residual CNN to a patch grid at stride ``patch``, then learned
+    condition and anatomy queries that cross-attend to the patches; see ``chexquery.py``).
+    ``prompt_len`` > 0 makes the decoder read a prompt of that many tokens before BOS
+    (the head's findings and the optional clinical context, see ``prompt.py``).
+    """
 
     vocab_size: int
+    arch: str = "vit"
     image_size: int = 256
     patch: int = 16
     in_chans: int = 1
@@ -39,8 +49,20 @@ class ModelConfig:
     lambda_ground: float = 0.1
     lambda_entropy: float = 0.01
     lambda_label: float = 0.5
+    # v2 (arch = "chexquery") only:
+    conv_channels: tuple[int, ...] = (16, 32, 64, 128, 160)  # stem, /4, /8, /16 stages
+    query_layers: int = 2
+    n_anatomy_queries: int = 6
+    lambda_query: float = 0.5  # condition/anatomy query attention vs their region masks
+    prompt_len: int = 0
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch {self.arch!r} must be one of {ARCHS}")
+        object.__setattr__(self, "conv_channels", tuple(self.conv_channels))
+        if self.arch == "chexquery" and (self.patch != 16 or len(self.conv_channels) != 5):
+            raise ValueError("arch 'chexquery' has stride 16 (patch = 16) and five "
+                             f"conv_channels, got patch {self.patch}, {self.conv_channels}")
         if self.image_size % self.patch:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of patch {self.patch}"
@@ -60,6 +82,11 @@ class ModelConfig:
                 )
 
     @property
+    def memory_prefix(self) -> int:
+        """Memory tokens before the patches (v2: the fused global token); never in maps."""
+        return 1 if self.arch == "chexquery" else 0
+
+    @property
     def grid(self) -> int:
         """Patches per image side."""
         return self.image_size // self.patch
@@ -76,6 +103,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["conv_channels"] = list(self.conv_channels)
         if self.grounding_layers is not None:
             data["grounding_layers"] = list(self.grounding_layers)
         return data

@@ -126,5 +126,7 @@ class PhantomReportDataset(Dataset[Example]):
 
 
 def phantom_report_texts(seeds: Iterable[int], size: int = 256) -> list[str]:
-    """Report texts of phantom studies, for training a tokenizer."""
-    return [generate_study(seed, size).report_text for seed in seeds]
+    """Report texts and clinical indications of phantom studies, for training a tokenizer
+    (the v2 prompt spells the indication in the report vocabulary)."""
+    studies = (generate_study(seed, size) for seed in seeds)
+    return [text for s in studies for text in (s.report_text, s.clinical_indication)]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from radreport.model.chexquery import CheXQueryEncoder, region_kl
 from radreport.model.config import ModelConfig
 
 KV = tuple[Tensor, Tensor]  # keys, values: (B, h, S, d) each
@@ -199,15 +200,29 @@ class TextDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x, weights, kv = block(x, memory_kv[i], None if cache is None else cache[i])
             new_cache.append(kv)
-            layer_weights.append(weights.mean(dim=1))  # (B, T, N)
+            layer_weights.append(weights.mean(dim=1))  # (B, T, prefix + N)
         grounding = torch.stack([layer_weights[i] for i in self.cfg.grounding_layer_indices])
-        return DecoderStep(self.lm_head(self.ln_f(x)), grounding.mean(dim=0), new_cache)
+        return DecoderStep(self.lm_head(self.ln_f(x)), patch_map(grounding.mean(dim=0),
+                                                                 self.cfg.memory_prefix),
+                           new_cache)
+
+
+def patch_map(weights: Tensor, prefix: int) -> Tensor:
+    """Cross-attention over the patches alone, renormalised: memory tokens in front of the
+    patches (v2's fused global token) are evidence of nothing in particular, so no map
+    shows them."""
+    if prefix == 0:
+        return weights
+    patches = weights[..., prefix:]
+    return patches / patches.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 @dataclass
 class ImageFeatures:
-    memory: Tensor  # (B, N, C_dec): projected patch tokens, CLS excluded
+    memory: Tensor  # (B, prefix + N, C_dec): projected memory tokens (no CLS)
     label_logits: Tensor  # (B, n_labels)
+    pooled: Tensor  # (B, C_enc): the study's feature vector (CLS or mean patch)
+    query_attn: Tensor | None = None  # (B, Q, N) v2 query attention
 
 
 @dataclass
@@ -215,6 +230,7 @@ class ModelOutput:
     logits: Tensor  # (B, T, V)
     label_logits: Tensor  # (B, n_labels)
     cross_attn: Tensor  # (B, T, N): where the word predicted at position t looked
+    query_attn: Tensor | None = None  # (B, Q, N) v2 condition and anatomy queries
     loss: Tensor | None = None
     loss_parts: dict[str, Tensor] = field(default_factory=dict)
 
@@ -223,21 +239,34 @@ class RadReportModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ImageEncoder(config)
-        self.label_head = nn.Linear(config.enc_width, config.n_labels)
+        self.encoder: ImageEncoder | CheXQueryEncoder
+        if config.arch == "chexquery":
+            self.encoder = CheXQueryEncoder(config)
+        else:
+            self.encoder = ImageEncoder(config)
+            self.label_head = nn.Linear(config.enc_width, config.n_labels)
         self.proj = nn.Linear(config.enc_width, config.dec_width)
         self.decoder = TextDecoder(config)
         self.apply(_init_weights)
-        nn.init.normal_(self.encoder.cls, std=0.02)
-        nn.init.normal_(self.encoder.pos_emb, std=0.02)
+        if isinstance(self.encoder, ImageEncoder):
+            nn.init.normal_(self.encoder.cls, std=0.02)
+        else:
+            nn.init.normal_(self.encoder.queries, std=0.02)
+            nn.init.normal_(self.encoder.label_weight, std=0.02)
+        nn.init.normal_(self.encoder.pos_emb if isinstance(self.encoder, ImageEncoder)
+                        else self.encoder.cnn.pos_emb, std=0.02)
 
     # --- pieces, for decoding -----------------------------------------------------------
 
     def encode(self, images: Tensor) -> ImageFeatures:
-        """Patch memory for the decoder and label logits from CLS."""
+        """Memory for the decoder, label logits and the study's feature vector."""
         self._check_images(images)
+        if isinstance(self.encoder, CheXQueryEncoder):
+            q = self.encoder(images)
+            memory = self.proj(torch.cat([q.fused, q.patches], dim=1))
+            return ImageFeatures(memory, q.label_logits, q.pooled, q.query_attn)
         x = self.encoder(images)  # (B, 1 + N, C_enc)
-        return ImageFeatures(self.proj(x[:, 1:]), self.label_head(x[:, 0]))
+        return ImageFeatures(self.proj(x[:, 1:]), self.label_head(x[:, 0]), x[:, 0])
 
     def memory_kv(self, memory: Tensor) -> list[KV]:
         """Cross-attention keys/values of every decoder layer, computed once per image."""
@@ -259,17 +288,26 @@ class RadReportModel(nn.Module):
         region_masks: Tensor | None = None,
         finding_token_mask: Tensor | None = None,
         label_targets: Tensor | None = None,
+        query_masks: Tensor | None = None,
+        query_weight: Tensor | None = None,
     ) -> ModelOutput:
         """Teacher-forced pass; position t of ``targets``/``region_masks`` is the word
         predicted from ``tokens[:, :t+1]``, i.e. ``targets = ids[1:]`` for ``tokens = ids[:-1]``.
+        ``query_masks`` (B, Q, N) are the v2 queries' regions, used where ``query_weight``
+        (B, Q) is positive and the mask is not empty.
         """
         feats = self.encode(images)
         step = self.decode(tokens, self.memory_kv(feats.memory))
-        out = ModelOutput(step.logits, feats.label_logits, step.cross_attn)
+        out = ModelOutput(step.logits, feats.label_logits, step.cross_attn, feats.query_attn)
         if targets is not None:
             _check_shape("targets", targets, tuple(tokens.shape))
             out.loss_parts = self.loss_parts(out, targets, region_masks, finding_token_mask,
                                              label_targets)
+            out.loss_parts["query"] = out.logits.new_zeros(())
+            if (out.query_attn is not None and query_masks is not None
+                    and query_weight is not None):
+                _check_shape("query_masks", query_masks, tuple(out.query_attn.shape))
+                out.loss_parts["query"] = region_kl(out.query_attn, query_masks, query_weight)
             out.loss = self.total_loss(out.loss_parts)
         return out
 
@@ -300,8 +338,11 @@ class RadReportModel(nn.Module):
 
     def total_loss(self, parts: dict[str, Tensor]) -> Tensor:
         cfg = self.config
-        return (parts["lm"] + cfg.lambda_ground * parts["ground"]
-                + cfg.lambda_entropy * parts["entropy"] + cfg.lambda_label * parts["label"])
+        total = (parts["lm"] + cfg.lambda_ground * parts["ground"]
+                 + cfg.lambda_entropy * parts["entropy"] + cfg.lambda_label * parts["label"])
+        if "query" in parts:
+            total = total + cfg.lambda_query * parts["query"]
+        return total
 
     # --- checkpoints --------------------------------------------------------------------
 

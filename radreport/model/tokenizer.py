@@ -21,8 +21,11 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from tokenizers.processors import TemplateProcessing
 
+from radreport.model.prompt import PROMPT_TOKENS, ClinicalContext, prompt_tokens
+
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3
+PROMPT_SET = frozenset(PROMPT_TOKENS)
 
 # Paragraph breaks, single digits, letter runs, single punctuation marks.
 TOKEN_PATTERN = r"\n+|\d|[^\W\d_]+|[^\w\s]|_"
@@ -49,8 +52,9 @@ class ReportTokenizer:
     def train(cls, texts: Iterable[str], min_frequency: int = 1) -> ReportTokenizer:
         texts = list(texts)
         tok = _blank_tokenizer()
+        # The v2 prompt's tokens come right after the four specials (ids 4...).
         trainer = trainers.WordLevelTrainer(
-            special_tokens=list(SPECIAL_TOKENS), min_frequency=min_frequency
+            special_tokens=[*SPECIAL_TOKENS, *PROMPT_TOKENS], min_frequency=min_frequency
         )
         tok.train_from_iterator(texts, trainer=trainer)
         _add_post_processor(tok)
@@ -92,9 +96,22 @@ class ReportTokenizer:
         for idx in ids:
             if idx == self.eos_id:
                 break
-            if idx not in (self.pad_id, self.bos_id):
-                words.append(self.id_to_token(idx))
+            token = self.id_to_token(idx)
+            if idx not in (self.pad_id, self.bos_id) and token not in PROMPT_SET:
+                words.append(token)
         return detokenize(words, self.truecase)
+
+    def encode_prompt(self, present: Sequence[bool],
+                      context: ClinicalContext | None = None) -> list[int]:
+        """The v2 decoder prompt (``prompt.PROMPT_LEN`` ids) for these label decisions."""
+        indication = context.indication if context is not None else None
+        words = prompt_tokens(present, context, self.encode_plain(indication or ""), PAD)
+        return [w if isinstance(w, int) else self._id(w) for w in words]
+
+    @property
+    def has_prompt(self) -> bool:
+        """Whether this vocabulary has the v2 prompt's tokens (v1 tokenizers do not)."""
+        return self._tok.token_to_id(PROMPT_TOKENS[0]) is not None
 
     def _id(self, token: str) -> int:
         idx = self._tok.token_to_id(token)

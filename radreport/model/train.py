@@ -28,12 +28,21 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from radreport.model.cache import (
+    ExampleOptions,
+    LiveRecords,
+    RecordDataset,
+    RecordSource,
+    StudyCache,
+    file_hash,
+    spec_for,
+)
 from radreport.model.config import ModelConfig
-from radreport.model.data import Example, PhantomReportDataset, phantom_report_texts
+from radreport.model.data import Example, phantom_report_texts
 from radreport.model.model import RadReportModel
 from radreport.model.tokenizer import ReportTokenizer
 
-PARTS: tuple[str, ...] = ("loss", "lm", "ground", "entropy", "label")
+PARTS: tuple[str, ...] = ("loss", "lm", "ground", "entropy", "label", "query")
 METRIC_COLUMNS: tuple[str, ...] = (
     "epoch", "step", "lr",
     *(f"train_{p}" for p in PARTS), *(f"val_{p}" for p in PARTS), "seconds",
@@ -52,8 +61,11 @@ class DataConfig:
     validate_seeds: tuple[int, int] = (1_000_000, 200)
     study_size: int = 512  # rendered at this size, then area-downsampled to model.image_size
     tokenizer_corpus: int = 2000  # the first N train reports build the vocabulary
-    num_workers: int = 2
-    cache: bool = True  # render once into memory; later epochs cost only the model
+    num_workers: int = 2  # processes rendering the cache
+    cache: bool = True  # render once into memmaps on disk; later epochs only read them
+    cache_dir: str = ""  # "" = <run dir>/cache
+    context_dropout: float = 0.5  # v2 prompt: chance of leaving out indication, age/sex
+    augment: float = 0.0  # intensity augmentation strength; never flips (laterality)
 
 
 @dataclass(frozen=True)
@@ -254,7 +266,20 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
 def to_device(batch: Example, device: torch.device) -> Example:
     """Cached float16 tensors go back to float32: the model and its losses run in fp32."""
     return {k: (v.float() if v.dtype == torch.float16 else v).to(device, non_blocking=True)
-            for k, v in batch.items()}
+            for k, v in trim_padding(batch).items()}
+
+
+SEQUENCE_KEYS = ("tokens", "targets", "region_masks", "finding_token_mask")
+
+
+def trim_padding(batch: Example, pad_id: int = 0) -> Example:
+    """Cut the positions after the batch's longest report: most reports are far shorter
+    than ``max_len``, and padded positions cost as much as real ones."""
+    if "targets" not in batch:
+        return batch
+    real = (batch["targets"] != pad_id).any(dim=0).nonzero()
+    length = int(real.max()) + 1 if real.numel() else 1
+    return {k: (v[:, :length] if k in SEQUENCE_KEYS else v) for k, v in batch.items()}
 
 
 def train_step(model: RadReportModel, batch: Example, optimizer: torch.optim.Optimizer,
@@ -299,41 +324,30 @@ def evaluate(model: RadReportModel, loader: Iterable[Example], device: torch.dev
 # --- data -----------------------------------------------------------------------------
 
 
-class CachedDataset(Dataset[Example]):
-    """Every item of a dataset, rendered once and kept in memory as stacked tensors."""
-
-    def __init__(self, dataset: Dataset[Example], num_workers: int = 0, batch_size: int = 32,
-                 progress: bool = False, desc: str = "cache") -> None:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-        chunks: dict[str, list[Tensor]] = {}
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            for k, v in batch.items():
-                chunks.setdefault(k, []).append(v.half() if v.is_floating_point() else v)
-        self.tensors = {k: torch.cat(v) for k, v in chunks.items()}
-
-    def __len__(self) -> int:
-        return int(next(iter(self.tensors.values())).size(0))
-
-    def __getitem__(self, index: int) -> Example:
-        return {k: v[index] for k, v in self.tensors.items()}
-
-
 def build_tokenizer(config: TrainConfig) -> ReportTokenizer:
-    """Vocabulary from train-split reports only; report text does not depend on size."""
+    """Vocabulary from train-split reports and indications only (text does not depend on
+    size)."""
     first, count = config.data.train_seeds
     n = min(count, config.data.tokenizer_corpus)
     return ReportTokenizer.train(phantom_report_texts(range(first, first + n), size=256))
 
 
 def build_dataset(seeds: tuple[int, int], tokenizer: ReportTokenizer, model_config: ModelConfig,
-                  config: TrainConfig, progress: bool, desc: str) -> Dataset[Example]:
+                  config: TrainConfig, out_dir: Path, progress: bool, desc: str,
+                  train: bool) -> RecordDataset:
     first, count = seeds
     data = config.data
-    dataset = PhantomReportDataset(range(first, first + count), tokenizer, model_config,
-                                   data.study_size)
-    if not data.cache:
-        return dataset
-    return CachedDataset(dataset, data.num_workers, progress=progress, desc=desc)
+    spec = spec_for(model_config)
+    records: RecordSource
+    if data.cache:
+        root = Path(data.cache_dir) if data.cache_dir else out_dir / "cache"
+        records = StudyCache(root, range(first, first + count), spec, data.study_size,
+                             file_hash(out_dir / TOKENIZER_FILE))
+        records.build(tokenizer, data.num_workers, progress, desc)
+    else:
+        records = LiveRecords(range(first, first + count), spec, data.study_size, tokenizer)
+    options = ExampleOptions(data.context_dropout, data.augment)
+    return RecordDataset(records, tokenizer, model_config, options, config.train.seed, train)
 
 
 def make_loader(dataset: Dataset[Example], config: TrainConfig, shuffle_seed: int | None,
@@ -428,14 +442,15 @@ class Trainer:
     scaler: torch.amp.GradScaler
     device: torch.device
     amp_dtype: torch.dtype | None
-    train_set: Dataset[Example]
-    val_set: Dataset[Example]
+    train_set: RecordDataset
+    val_set: RecordDataset
     state: RunState = field(default_factory=RunState)
 
     def run_epoch(self, progress: bool) -> dict[str, float]:
         """One pass over the shuffled train set; returns mean loss parts."""
         t = self.config.train
         self.model.train()
+        self.train_set.epoch = self.state.epoch
         loader = make_loader(self.train_set, self.config, shuffle_seed=t.seed * 1_000_003
                              + self.state.epoch)
         sums, n = dict.fromkeys(PARTS, 0.0), 0
@@ -471,7 +486,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, progress: bo
     (out_dir / CONFIG_FILE).write_text(config_to_toml(config))
     torch.manual_seed(config.train.seed)
     tokenizer = _tokenizer(config, out_dir, resume)
-    trainer = _build(config, tokenizer, progress)
+    trainer = _build(config, tokenizer, out_dir, progress)
     if resume:
         _resume(trainer, ckpt_dir / LAST)
     last_epoch = config.train.epochs if stop_after is None else min(stop_after,
@@ -499,17 +514,18 @@ def model_config_for(config: TrainConfig, tokenizer: ReportTokenizer) -> ModelCo
     return ModelConfig(**values)
 
 
-def _build(config: TrainConfig, tokenizer: ReportTokenizer, progress: bool) -> Trainer:
+def _build(config: TrainConfig, tokenizer: ReportTokenizer, out_dir: Path,
+           progress: bool) -> Trainer:
     t = config.train
     model_config = model_config_for(config, tokenizer)
     device = resolve_device(t.device)
     model = RadReportModel(model_config).to(device)
     train_set = build_dataset(config.data.train_seeds, tokenizer, model_config, config,
-                              progress, "render train")
+                              out_dir, progress, "render train", train=True)
     val_set = build_dataset(config.data.validate_seeds, tokenizer, model_config, config,
-                            progress, "render validate")
+                            out_dir, progress, "render validate", train=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    total = t.epochs * math.ceil(len(typing.cast(Any, train_set)) / t.batch_size)
+    total = t.epochs * math.ceil(len(train_set) / t.batch_size)
     scheduler = make_scheduler(optimizer, t.warmup_steps, total, t.min_lr_ratio)
     amp_dtype = resolve_amp(t.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
