@@ -293,3 +293,18 @@ def _augment(image: Tensor, strength: float, rng: np.random.Generator) -> Tensor
     out = (out - 0.5) * contrast + 0.5
     noise = torch.from_numpy(rng.normal(0.0, 0.01 * strength, image.shape).astype(np.float32))
     return (out + noise).clamp(0.0, 1.0)
+
+
+class PhantomReportDataset(RecordDataset):
+    """Phantom studies rendered on demand, without randomness: tests and tiny runs."""
+
+    def __init__(self, seeds: Sequence[int], tokenizer: ReportTokenizer, config: ModelConfig,
+                 study_size: int = 256) -> None:
+        if tokenizer.vocab_size > config.vocab_size:
+            raise ValueError(f"tokenizer vocab_size {tokenizer.vocab_size} exceeds "
+                             f"config.vocab_size {config.vocab_size}")
+        if study_size < config.image_size:
+            raise ValueError(f"study_size {study_size} is smaller than "
+                             f"config.image_size {config.image_size}")
+        super().__init__(LiveRecords(seeds, spec_for(config), study_size, tokenizer),
+                         tokenizer, config, ExampleOptions(0.0, 0.0), train=False)

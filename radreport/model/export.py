@@ -9,14 +9,18 @@ length, so there is no position input to keep in sync.
 
 Graph I/O (L decoder layers, h heads, d head width, N patches, V vocabulary):
 
-- encoder: ``image`` f32 (B, 1, H, W) -> ``memory_kv`` f32 (L, 2, B, h, N, d),
-  ``label_probs`` f32 (B, n_labels) (sigmoid). Patch features are not an output: the
-  decoder only needs their K/V, and an output that also feeds other nodes breaks the
-  FP16 converter's ``keep_io_types``.
+- encoder: ``image`` f32 (B, 1, H, W) -> ``memory_kv`` f32 (L, 2, B, h, M, d),
+  ``label_probs`` f32 (B, n_labels) (sigmoid, before calibration), ``features`` f32
+  (B, C) (the study's pooled feature vector, scored by the out-of-distribution gate).
+  M = N patches, plus v2's fused global token in front. Patch features are not an
+  output: the decoder only needs their K/V, and an output that also feeds other nodes
+  breaks the FP16 converter's ``keep_io_types`` (``features`` is a copy for that reason).
 - decoder step: ``tokens`` i64 (B, T_new), ``past_kv`` f32 (L, 2, B, h, T_past, d),
   ``memory_kv`` -> ``logits`` f32 (B, T_new, V), ``present_kv`` f32
   (L, 2, B, h, T_past + T_new, d), ``cross_attn`` f32 (B, T_new, N) (mean over heads and
-  grounding layers)
+  grounding layers, over the patches only)
+
+A v2 decoder starts from a prompt (``prompt_len`` ids, then BOS), recorded in the metadata.
 
 The TorchScript exporter (``dynamo=False``) is used: torch.export specialises dimensions
 of size 0 and 1 by default, which are exactly the empty first cache and the one-token
@@ -42,7 +46,7 @@ from radreport.model.model import KV, RadReportModel
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
 ENCODER_INPUTS = ["image"]
-ENCODER_OUTPUTS = ["memory_kv", "label_probs"]
+ENCODER_OUTPUTS = ["memory_kv", "label_probs", "features"]
 DECODER_INPUTS = ["tokens", "past_kv", "memory_kv"]
 DECODER_OUTPUTS = ["logits", "present_kv", "cross_attn"]
 MIN_OPSET = 17
@@ -55,10 +59,10 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         feats = self.model.encode(image)
         memory_kv = stack_kv(self.model.memory_kv(feats.memory))
-        return memory_kv, torch.sigmoid(feats.label_logits)
+        return memory_kv, torch.sigmoid(feats.label_logits), feats.pooled * 1.0
 
 
 class DecoderStepGraph(nn.Module):
@@ -107,7 +111,8 @@ def _example_image(model: RadReportModel, batch: int) -> Tensor:
 
 
 def _export_encoder(model: RadReportModel, path: Path, opset: int) -> Path:
-    axes = {"image": {0: "batch"}, "memory_kv": {2: "batch"}, "label_probs": {0: "batch"}}
+    axes = {"image": {0: "batch"}, "memory_kv": {2: "batch"}, "label_probs": {0: "batch"},
+            "features": {0: "batch"}}
     _export(EncoderGraph(model), (_example_image(model, 2),), path, opset,
             ENCODER_INPUTS, ENCODER_OUTPUTS, axes)
     _finish(path, model)
@@ -135,12 +140,19 @@ def _export_decoder(model: RadReportModel, path: Path, opset: int) -> Path:
 
 def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, opset: int,
             inputs: list[str], outputs: list[str], axes: dict[str, dict[int, str]]) -> None:
-    with torch.no_grad(), warnings.catch_warnings():
-        # Tracer warnings about the max_len guard and shape asserts are expected.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes=axes, opset_version=opset, dynamo=False,
-                          do_constant_folding=True)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.MultiheadAttention's inference fast path (v2's query self-attention) is one fused
+    # op ONNX does not have; the plain path computes the same thing in exportable ops.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # Tracer warnings about the max_len guard and shape asserts are expected.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(path), input_names=inputs,
+                              output_names=outputs, dynamic_axes=axes, opset_version=opset,
+                              dynamo=False, do_constant_folding=True)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def _finish(path: Path, model: RadReportModel) -> None:
@@ -148,7 +160,8 @@ def _finish(path: Path, model: RadReportModel) -> None:
     proto = onnx.load(str(path))
     cfg = model.config
     meta = {"bos_id": cfg.bos_id, "eos_id": cfg.eos_id, "pad_id": cfg.pad_id,
-            "max_len": cfg.max_len, "n_patches": cfg.n_patches, "grid": cfg.grid}
+            "max_len": cfg.max_len, "n_patches": cfg.n_patches, "grid": cfg.grid,
+            "prompt_len": cfg.prompt_len}
     onnx.helper.set_model_props(proto, {k: str(v) for k, v in meta.items()})
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))

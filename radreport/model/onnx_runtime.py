@@ -16,13 +16,18 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from radreport.model.prompt import PROMPT_TOKENS
+
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+# A v2 tokenizer puts the prompt's tokens right after PAD, BOS, EOS and UNK.
+PROMPT_IDS = slice(4, 4 + len(PROMPT_TOKENS))
 
 
 @dataclass
 class EncoderOutput:
-    memory_kv: np.ndarray  # (L, 2, B, h, N, d) float32
+    memory_kv: np.ndarray  # (L, 2, B, h, M, d) float32
     label_probs: np.ndarray  # (B, n_labels) float32
+    features: np.ndarray | None = None  # (B, C) float32; None for graphs before v2
 
 
 @dataclass
@@ -47,13 +52,16 @@ class OnnxReportModel:
         self.eos_id = int(meta.get("eos_id", 2))
         self.pad_id = int(meta.get("pad_id", 0))
         self.max_len = int(meta.get("max_len", 160))
+        self.prompt_len = int(meta.get("prompt_len", 0))
+        self._encoder_outputs = [o.name for o in self.encoder.get_outputs()]
         self._past_shape = _past_kv_template(self.decoder)
 
     def encode(self, images: np.ndarray) -> EncoderOutput:
         """images (B, 1, H, W) float32."""
-        memory_kv, label_probs = self.encoder.run(
-            None, {"image": np.ascontiguousarray(images, dtype=np.float32)})
-        return EncoderOutput(memory_kv, label_probs)
+        outputs = dict(zip(self._encoder_outputs, self.encoder.run(
+            None, {"image": np.ascontiguousarray(images, dtype=np.float32)}), strict=True))
+        return EncoderOutput(outputs["memory_kv"], outputs["label_probs"],
+                             outputs.get("features"))
 
     def step(self, tokens: np.ndarray, past_kv: np.ndarray,
              memory_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,30 +86,44 @@ class OnnxReportModel:
 
     def greedy_from_memory(self, memory_kv: np.ndarray, bos_id: int | None = None,
                            eos_id: int | None = None, max_len: int | None = None,
+                           prompt: np.ndarray | None = None,
                            ) -> tuple[np.ndarray, np.ndarray]:
         """``greedy`` after the encoder, for callers that also want its label outputs."""
         tokens: list[np.ndarray] = []
         maps: list[np.ndarray] = []
-        for step in self.greedy_steps(memory_kv, bos_id, eos_id, max_len):
+        for step in self.greedy_steps(memory_kv, bos_id, eos_id, max_len, prompt):
             tokens.append(step.tokens)
             maps.append(step.attention)
         return np.stack(tokens, axis=1), np.stack(maps, axis=1).astype(np.float32)
 
     def greedy_steps(self, memory_kv: np.ndarray, bos_id: int | None = None,
                      eos_id: int | None = None, max_len: int | None = None,
-                     ) -> Iterator[GreedyStep]:
+                     prompt: np.ndarray | None = None) -> Iterator[GreedyStep]:
         """The greedy loop one step at a time, so callers can act on a report as it grows
-        (streaming sentences); items already finished get PAD and a zero map."""
+        (streaming sentences); items already finished get PAD and a zero map.
+
+        ``prompt`` (B, prompt_len) int64 comes before BOS for v2 graphs, which need one.
+        """
         bos = self.bos_id if bos_id is None else bos_id
         eos = self.eos_id if eos_id is None else eos_id
-        limit = self.max_len if max_len is None else min(max_len, self.max_len)
         batch = memory_kv.shape[2]
         inputs = np.full((batch, 1), bos, dtype=np.int64)
+        if self.prompt_len:
+            if prompt is None or prompt.shape != (batch, self.prompt_len):
+                raise ValueError(f"this decoder needs a prompt of shape ({batch}, "
+                                 f"{self.prompt_len}), got "
+                                 f"{None if prompt is None else prompt.shape}")
+            inputs = np.concatenate([prompt.astype(np.int64), inputs], axis=1)
+        room = self.max_len - self.prompt_len
+        limit = room if max_len is None else min(max_len, room)
         past = self.empty_past(batch)
         finished = np.zeros(batch, dtype=bool)
         for _ in range(limit):
             logits, past, attn = self.step(inputs, past, memory_kv)
-            nxt = np.where(finished, self.pad_id, logits[:, -1].argmax(axis=-1)).astype(np.int64)
+            last = logits[:, -1]
+            if self.prompt_len:  # prompt tokens are inputs, never words of the report
+                last[:, PROMPT_IDS] = -np.inf
+            nxt = np.where(finished, self.pad_id, last.argmax(axis=-1)).astype(np.int64)
             attention = np.where(finished[:, None], np.float32(0.0), attn[:, -1])
             finished = finished | (nxt == eos)
             yield GreedyStep(nxt, attention, finished.copy())

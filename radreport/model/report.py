@@ -31,10 +31,13 @@ from radreport.model.grounding import (
     sentence_maps,
 )
 from radreport.model.onnx_runtime import DEFAULT_PROVIDERS, EncoderOutput, OnnxReportModel
+from radreport.model.prompt import ClinicalContext
+from radreport.model.safety import SafetyNet, StudySafety
 from radreport.model.tokenizer import ReportTokenizer, detokenize
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
 MODEL_INFO_FILE, TOKENIZER_FILE = "model.json", "tokenizer.json"
+CALIBRATION_FILE = "calibration.json"
 Variant = Literal["fp32", "int8", "fp16"]
 VARIANTS: tuple[Variant, ...] = ("fp32", "int8", "fp16")
 
@@ -116,10 +119,11 @@ class DraftReport:
     findings: str
     impression: str
     sentences: list[ReportSentence]
-    label_probs: dict[str, float]
+    label_probs: dict[str, float]  # the head's raw sigmoid, as published since v1
     token_ids: list[int]  # generated ids up to, not including, EOS
     letterbox: Letterbox
     model_version: str
+    safety: StudySafety | None = None
 
     @property
     def text(self) -> str:
@@ -132,6 +136,7 @@ class DraftReport:
             "sentences": [s.to_dict(digits) for s in self.sentences],
             "label_probs": {k: round(v, digits) for k, v in self.label_probs.items()},
             "token_ids": self.token_ids, "model_version": self.model_version,
+            **({} if self.safety is None else self.safety.to_dict(digits)),
         }
 
 
@@ -172,8 +177,10 @@ class ReportGenerator:
                                       providers=providers or DEFAULT_PROVIDERS, options=options)
         self.onnx = runtime
         self.variant = variant
+        self.safety_net = SafetyNet.load(folder / CALIBRATION_FILE, self.info.labels)
 
     def generate(self, images: Sequence[np.ndarray], box_threshold: float = 0.5,
+                 contexts: Sequence[ClinicalContext | None] | None = None,
                  ) -> list[DraftReport]:
         """Greedy drafts for (H, W) images in [0, 1], any size; one batch through the graphs."""
         if not images:
@@ -181,20 +188,40 @@ class ReportGenerator:
         prepared = [to_model_input(image, self.info.image_size) for image in images]
         batch = np.stack([pixels for pixels, _ in prepared])[:, None]  # (B, 1, S, S)
         return self.generate_prepared(batch, [letterbox for _, letterbox in prepared],
-                                      box_threshold)
+                                      box_threshold, contexts)
 
     def generate_prepared(self, batch: np.ndarray, letterboxes: Sequence[Letterbox] | None = None,
-                          box_threshold: float = 0.5) -> list[DraftReport]:
+                          box_threshold: float = 0.5,
+                          contexts: Sequence[ClinicalContext | None] | None = None,
+                          ) -> list[DraftReport]:
         """Drafts for model inputs (B, 1, S, S) that were preprocessed elsewhere.
 
-        Without letterboxes, boxes stay in model-input pixels.
+        Without letterboxes, boxes stay in model-input pixels. ``contexts`` (optional, per
+        image) are the request's clinical indication, age and sex for v2 models.
         """
         letterboxes = self._checked(batch, letterboxes)
-        encoded = self.onnx.encode(batch)
-        ids, maps = self.onnx.greedy_from_memory(encoded.memory_kv)
+        encoded, safety, prompt = self._encode(batch, contexts)
+        ids, maps = self.onnx.greedy_from_memory(encoded.memory_kv, prompt=prompt)
         return [self._draft(ids[i], maps[i], encoded.label_probs[i], letterboxes[i],
-                            box_threshold)
+                            box_threshold, safety[i])
                 for i in range(len(batch))]
+
+    def _encode(self, batch: np.ndarray, contexts: Sequence[ClinicalContext | None] | None,
+                ) -> tuple[EncoderOutput, list[StudySafety], np.ndarray | None]:
+        """Encoder outputs, each study's safety read-out, and the v2 decoder prompt made
+        of the calibrated head's decisions (so the text states what the head found)."""
+        encoded = self.onnx.encode(batch)
+        safety = self.safety_net.assess(encoded.label_probs, encoded.features)
+        if not self.onnx.prompt_len:
+            return encoded, safety, None
+        if contexts is not None and len(contexts) != len(batch):
+            raise ValueError(f"{len(contexts)} contexts for a batch of {len(batch)}")
+        contexts = contexts or [None] * len(batch)
+        prompt = np.array([
+            self.tokenizer.encode_prompt([label in s.findings_present for label in
+                                          self.info.labels], context)
+            for s, context in zip(safety, contexts, strict=True)], dtype=np.int64)
+        return encoded, safety, prompt
 
     def _checked(self, batch: np.ndarray,
                  letterboxes: Sequence[Letterbox] | None) -> Sequence[Letterbox]:
@@ -207,7 +234,9 @@ class ReportGenerator:
         return letterboxes
 
     def stream_prepared(self, batch: np.ndarray, letterboxes: Sequence[Letterbox] | None = None,
-                        box_threshold: float = 0.5) -> Iterator[SentenceDecoded | ReportDecoded]:
+                        box_threshold: float = 0.5,
+                        contexts: Sequence[ClinicalContext | None] | None = None,
+                        ) -> Iterator[SentenceDecoded | ReportDecoded]:
         """``generate_prepared`` that yields each sentence as soon as it is decoded.
 
         A sentence is final once the token after its closing one is known (that token
@@ -216,10 +245,11 @@ class ReportGenerator:
         made of the sentences streamed, which are exactly those of ``generate_prepared``.
         """
         letterboxes = self._checked(batch, letterboxes)
-        encoded = self.onnx.encode(batch)
-        reports = [_GrowingReport(letterbox) for letterbox in letterboxes]
+        encoded, safety, prompt = self._encode(batch, contexts)
+        reports = [_GrowingReport(letterbox, s) for letterbox, s in zip(letterboxes, safety,
+                                                                         strict=True)]
         ends = (self.onnx.eos_id, self.onnx.pad_id)
-        for step in self.onnx.greedy_steps(encoded.memory_kv):
+        for step in self.onnx.greedy_steps(encoded.memory_kv, prompt=prompt):
             for item, report in enumerate(reports):
                 if report.finished:
                     continue
@@ -254,7 +284,8 @@ class ReportGenerator:
     def _report_decoded(self, item: int, report: _GrowingReport,
                         encoded: EncoderOutput) -> ReportDecoded:
         return ReportDecoded(item, self._report(report.ids, report.sentences,
-                                                encoded.label_probs[item], report.letterbox))
+                                                encoded.label_probs[item], report.letterbox,
+                                                report.safety))
 
     def _sentence(self, words: Sequence[str], attention: np.ndarray, span: SentenceSpan,
                   letterbox: Letterbox, box_threshold: float) -> ReportSentence:
@@ -265,16 +296,16 @@ class ReportGenerator:
                               heatmap, map_boxes(heatmap, letterbox, box_threshold))
 
     def _draft(self, ids: np.ndarray, maps: np.ndarray, probs: np.ndarray,
-               letterbox: Letterbox, box_threshold: float) -> DraftReport:
+               letterbox: Letterbox, box_threshold: float, safety: StudySafety) -> DraftReport:
         length = _length(ids, self.onnx.eos_id, self.onnx.pad_id)
         token_ids = [int(i) for i in ids[:length]]
         words = self.tokenizer.tokens(token_ids)
         sentences = [self._sentence(words, maps[s.start : s.end], s, letterbox, box_threshold)
                      for s in report_spans(words)]
-        return self._report(token_ids, sentences, probs, letterbox)
+        return self._report(token_ids, sentences, probs, letterbox, safety)
 
     def _report(self, token_ids: list[int], sentences: list[ReportSentence], probs: np.ndarray,
-                letterbox: Letterbox) -> DraftReport:
+                letterbox: Letterbox, safety: StudySafety) -> DraftReport:
         return DraftReport(
             findings=_section_text(sentences, "findings"),
             impression=_section_text(sentences, "impression"),
@@ -284,6 +315,7 @@ class ReportGenerator:
             token_ids=token_ids,
             letterbox=letterbox,
             model_version=self.info.model_version,
+            safety=safety,
         )
 
 
@@ -292,6 +324,7 @@ class _GrowingReport:
     """One image's report while the batched greedy loop extends it."""
 
     letterbox: Letterbox
+    safety: StudySafety
     ids: list[int] = field(default_factory=list)  # generated, up to its end (EOS or PAD)
     words: list[str] = field(default_factory=list)
     attention: list[np.ndarray] = field(default_factory=list)  # a (N,) row per token

@@ -52,7 +52,8 @@ class ReportTokenizer:
     def train(cls, texts: Iterable[str], min_frequency: int = 1) -> ReportTokenizer:
         texts = list(texts)
         tok = _blank_tokenizer()
-        # The v2 prompt's tokens come right after the four specials (ids 4...).
+        # The v2 prompt's tokens come right after the four specials (ids 4...); the ONNX
+        # runtime relies on that (onnx_runtime.PROMPT_IDS).
         trainer = trainers.WordLevelTrainer(
             special_tokens=[*SPECIAL_TOKENS, *PROMPT_TOKENS], min_frequency=min_frequency
         )

@@ -6,7 +6,8 @@ from tiny import tiny_config
 from torch.utils.data import DataLoader
 
 from radreport.data.phantoms.generator import generate_study
-from radreport.model.data import PhantomReportDataset, area_downsample, token_regions
+from radreport.model.cache import PhantomReportDataset, render_record, spec_for
+from radreport.model.data import area_downsample
 from radreport.model.model import RadReportModel
 from radreport.model.tokenizer import ReportTokenizer
 
@@ -34,9 +35,12 @@ def test_item_shapes(dataset: PhantomReportDataset) -> None:
 def test_pieces_tokenise_like_the_whole_report(tokenizer: ReportTokenizer) -> None:
     for seed in SEEDS:
         study = generate_study(seed, 256)
-        ids, masks, finding = token_regions(study, tokenizer, grid=8)
+        config = tiny_config(tokenizer.vocab_size)
+        record = render_record(study, tokenizer, spec_for(config))
+        ids = [int(i) for i in record["ids"] if i != tokenizer.pad_id]
         assert ids == tokenizer.encode(study.report_text)
-        assert masks.shape == (len(ids), 64) and finding.shape == (len(ids),)
+        assert record["sentence_masks"].shape == (24, 64)
+        assert record["sentence"].max() < (record["sentence_masks"].sum(-1) > 0).sum()
 
 
 def test_finding_tokens_have_non_empty_regions(dataset: PhantomReportDataset,
@@ -51,9 +55,14 @@ def test_finding_tokens_have_non_empty_regions(dataset: PhantomReportDataset,
     assert item["label_targets"][9] == 1.0  # Pneumothorax
 
 
-def test_normal_study_has_no_finding_tokens(tokenizer: ReportTokenizer) -> None:
+def test_normal_study_grounds_its_negatives_in_anatomy(tokenizer: ReportTokenizer) -> None:
+    """A pertinent negative looks at the organ it rules on: whole organs, not lesions."""
     item = PhantomReportDataset([2], tokenizer, tiny_config(tokenizer.vocab_size))[0]
-    assert not item["finding_token_mask"].any()
+    flagged = item["finding_token_mask"]
+    assert flagged.any()
+    covered = item["region_masks"][flagged].sum(-1)  # patches' worth of region
+    assert torch.all(covered > 3.0)  # the smallest organ, the mediastinum, is ~4 of 64
+    assert {"lungs", "heart"} <= set(tokenizer.tokens(item["targets"][flagged].tolist()))
     assert item["label_targets"][0] == 1.0  # No Finding
 
 

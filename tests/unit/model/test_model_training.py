@@ -6,7 +6,7 @@ import torch
 from tiny import tiny_config
 from torch.utils.data import default_collate
 
-from radreport.model.data import PhantomReportDataset
+from radreport.model.cache import PhantomReportDataset
 from radreport.model.model import RadReportModel
 from radreport.model.tokenizer import ReportTokenizer
 
