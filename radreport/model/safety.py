@@ -94,17 +94,19 @@ class SafetyNet:
         if self.ood is not None and features is not None:
             scores = self.ood.score(np.asarray(features, dtype=np.float64))
         out = []
+        threshold = None if self.ood is None else float(self.ood.threshold)
         for i in range(len(probs)):
             score = None if scores is None else float(scores[i])
-            threshold = None if self.ood is None else float(self.ood.threshold)
+            unfamiliar = bool(score is not None and threshold is not None and score > threshold)
             out.append(StudySafety(
                 calibrated_probs={k: float(p) for k, p in zip(self.labels, probs[i],
                                                               strict=True)},
                 findings_present=tuple(k for k, flag in zip(self.labels, present[i],
                                                             strict=True) if flag),
                 uncertain_findings=tuple(uncertain[i]),
-                calibrated_confidence=float(study_confidence(probs[i], present[i])),
-                ood_score=score, ood_threshold=threshold,
-                out_of_distribution=bool(score is not None and threshold is not None
-                                         and score > threshold)))
+                # Calibration holds only for images like the validate split's: for an
+                # unfamiliar one no probability is trustworthy, so the study claims none.
+                calibrated_confidence=(0.0 if unfamiliar
+                                       else float(study_confidence(probs[i], present[i]))),
+                ood_score=score, ood_threshold=threshold, out_of_distribution=unfamiliar))
         return out
