@@ -92,7 +92,11 @@ class ReportTokenizer:
         return [self.id_to_token(i) for i in ids]
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Readable text up to the first ``[EOS]``; ``[PAD]``/``[BOS]`` are skipped."""
+        """Readable text up to the first ``[EOS]``; ``[PAD]``/``[BOS]`` are skipped, and so is
+        a v2 prompt (everything before ``[BOS]``)."""
+        ids = list(ids)
+        if self.bos_id in ids:
+            ids = ids[ids.index(self.bos_id) + 1 :]
         words: list[str] = []
         for idx in ids:
             if idx == self.eos_id:

@@ -81,7 +81,8 @@ def test_loss_parts_are_finite_and_weighted(tiny_model: RadReportModel) -> None:
     finding[:, 2:5] = True
     labels = torch.randint(0, 2, (B, 14)).float()
     out = tiny_model(images, tokens, targets, masks, finding, labels)
-    assert set(out.loss_parts) == {"lm", "ground", "entropy", "label"}
+    assert set(out.loss_parts) == {"lm", "ground", "entropy", "label", "query"}
+    assert out.loss_parts.pop("query") == 0  # v1 has no queries
     assert all(torch.isfinite(v) and v > 0 for v in out.loss_parts.values())
     p, cfg = out.loss_parts, tiny_model.config
     expected = (p["lm"] + cfg.lambda_ground * p["ground"] + cfg.lambda_entropy * p["entropy"]

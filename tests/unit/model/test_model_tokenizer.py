@@ -10,10 +10,10 @@ def test_special_tokens_come_first(tokenizer: ReportTokenizer) -> None:
     assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id) == (0, 1, 2, 3)
 
 
-def test_round_trip_on_200_phantom_reports(tokenizer: ReportTokenizer,
+def test_round_trip_on_200_phantom_reports_and_indications(tokenizer: ReportTokenizer,
                                            report_texts: list[str]) -> None:
     """Exact, with no normalisation: case, digits, punctuation and paragraph breaks."""
-    assert len(report_texts) == 200
+    assert len(report_texts) == 400  # 200 reports and their clinical indications
     for text in report_texts:
         ids = tokenizer.encode(text)
         assert ids[0] == tokenizer.bos_id and ids[-1] == tokenizer.eos_id

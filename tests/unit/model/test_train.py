@@ -119,13 +119,13 @@ def test_schedule_warms_up_then_decays_to_min() -> None:
     assert lr_factor(total + 50, warmup, total, floor) == pytest.approx(floor)
 
 
-def test_gradients_are_clipped(tokenizer: ReportTokenizer) -> None:
+def test_gradients_are_clipped(tokenizer: ReportTokenizer, tmp_path: Path) -> None:
     """Plain SGD with lr 1 moves the weights by exactly the clipped gradient."""
     clip = 0.05
-    config = tiny()
+    config = tiny("data.cache=false")
     model_config = model_config_for(config, tokenizer)
     dataset = build_dataset(config.data.train_seeds, tokenizer, model_config, config,
-                            progress=False, desc="")
+                            tmp_path, progress=False, desc="", train=True)
     batch = {k: v.float() if v.dtype == torch.float16 else v
              for k, v in default_collate([dataset[i] for i in range(4)]).items()}
     torch.manual_seed(0)
