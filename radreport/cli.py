@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, cast
 import typer
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from radreport.stack import StackConfig
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -170,6 +172,15 @@ def evaluate(
                        ] = os.cpu_count() or 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write results here.")
                         ] = None,
+    v1: Annotated[Path | None, typer.Option(
+        help="Baseline (c): a v1 model folder (e.g. the one shipped before v2).")] = None,
+    with_context: Annotated[bool, typer.Option(
+        help="Also run the model given each study's indication, age and sex.")] = True,
+    ood: Annotated[bool, typer.Option(
+        help="Also score the OOD gate on transformed test images (per transform AUROC).")
+    ] = False,
+    ood_limit: Annotated[int, typer.Option(min=2, help="Test images per OOD transform.")
+                         ] = 200,
 ) -> None:
     """Score the model and the baselines on the benchmark split; print one table (95% CIs)."""
     from radreport.eval.evaluate import (
@@ -181,6 +192,7 @@ def evaluate(
         template_system,
     )
     from radreport.eval.metrics import format_table
+    from radreport.eval.safety_metrics import mean_anatomy_masks
     from radreport.model.report import DEFAULT_MODEL_DIR, VARIANTS, Variant
 
     model_dir = model or DEFAULT_MODEL_DIR
@@ -197,11 +209,18 @@ def evaluate(
     cases = render_cases(seeds, workers)
     main_run = run_model("grounded model (ours)", model_dir, cases)
     runs: list[SystemRun] = [main_run]
+    if with_context:
+        runs.append(run_model("ours, with indication/age/sex", model_dir, cases,
+                              with_context=True))
     runs += [run_model(f"ours, {v}", model_dir, cases, cast(Variant, v)) for v in variants]
     if ablation is not None:
         runs.append(run_model("(b) no grounding/entropy loss", ablation, cases))
+    if v1 is not None:
+        runs.append(run_model("(c) v1", v1, cases))
     runs.append(template_system(main_run))
-    result = score(runs, cases, resamples)
+    typer.echo("rendering training studies for the mean-mask baseline ...", err=True)
+    baseline = mean_anatomy_masks(render_cases(split_seeds("train", 200), workers))
+    result = score(runs, cases, resamples, baseline=baseline)
     typer.echo(format_table(result.rows))
     typer.echo(f"\n{result.studies} studies of the {split} split; point estimate "
                f"[95% bootstrap interval, {resamples} resamples].")
@@ -216,6 +235,57 @@ def evaluate(
                    "rows": result.rows, "grounded_sentences": result.grounded_sentences,
                    "seconds": result.seconds}
         json_out.write_text(json.dumps(payload, indent=1))
+    if ood:
+        _evaluate_ood(model_dir, [c.image for c in cases[:ood_limit]])
+
+
+def _evaluate_ood(model_dir: Path, images: list[np.ndarray]) -> None:
+    """Per committed transform: AUROC against the untransformed test images, flag rate."""
+    from radreport.eval.ood import evaluate_transforms
+    from radreport.model.report import ReportGenerator
+
+    generator = ReportGenerator(model_dir)
+    if generator.safety_net.ood is None:
+        raise typer.BadParameter(f"{model_dir} has no OOD gate: run 'radreport fit-safety'",
+                                 param_hint="--ood")
+    inside, results = evaluate_transforms(generator, images)
+    flagged = float((inside > generator.safety_net.ood.threshold).mean())
+    typer.echo(f"\nOOD gate on {len(images)} test images: {flagged:.3f} of them flagged")
+    typer.echo(f"{'transform':<20} {'kind':<5} {'AUROC':>7} {'flagged':>8}")
+    for r in results:
+        typer.echo(f"{r.name:<20} {r.kind:<5} {r.auroc:>7.3f} {r.flag_rate:>8.3f}")
+
+
+@app.command("fit-safety")
+def fit_safety_command(
+    model: Annotated[Path, typer.Option(help="Model folder to calibrate (v2 export).")],
+    validate: Annotated[int, typer.Option(min=50, help="Validate-split studies.")] = 1000,
+    train: Annotated[int, typer.Option(min=50, help="Train-split studies for the OOD fit.")
+                     ] = 2000,
+    critical_sensitivity: Annotated[float, typer.Option(
+        min=0.5, max=1.0, help="Sensitivity each critical label's threshold reaches.")] = 0.99,
+    max_review_rate: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Cap on validate studies with an uncertain critical finding.")
+    ] = 0.15,
+    ood_flag_rate: Annotated[float, typer.Option(
+        min=0.0, max=0.5, help="Validate studies the OOD threshold flags.")] = 0.01,
+    workers: Annotated[int, typer.Option(min=1, help="Processes rendering studies.")
+                       ] = os.cpu_count() or 1,
+) -> None:
+    """Calibrate a model folder on the validate split: temperatures, thresholds, uncertain
+    bands and the OOD gate (writes calibration.json; never reads the test split)."""
+    from radreport.model.fit_safety import fit_safety
+
+    fit = fit_safety(model, validate, train, workers, critical_sensitivity,
+                     max_review_rate=max_review_rate, ood_flag_rate=ood_flag_rate)
+    calibration = fit.net.calibration
+    assert calibration is not None
+    for name, label in zip(calibration.labels, calibration.per_label, strict=True):
+        band = "" if label.band is None else f" band [{label.band[0]:.3f}, {label.band[1]:.3f})"
+        typer.echo(f"{name:<27} T {label.temperature:6.3f} threshold {label.threshold:.3f}{band}")
+    if fit.net.ood is not None:
+        typer.echo(f"OOD threshold {fit.net.ood.threshold:.3f} (Mahalanobis distance)")
+    typer.echo(f"wrote {fit.path}")
 
 
 @bench_app.command("model")

@@ -28,7 +28,13 @@ from radreport.data.phantoms.generator import generate_study
 from radreport.eval.baselines import template_report
 from radreport.eval.labeler import label_sentence
 from radreport.eval.metrics import GroundedSentence, Interval, evaluate_reports
+from radreport.eval.safety_metrics import safety_statistics
+from radreport.model.data import area_downsample
+from radreport.model.prompt import ClinicalContext
 from radreport.model.report import DraftReport, ReportGenerator, Variant
+
+ANATOMY_SIZE = 128  # anatomy regions are whole organs: 128 px is plenty to score them
+ANATOMY_REGIONS: tuple[str, ...] = ("lungs", "heart", "mediastinum", "chest")
 
 
 @dataclass
@@ -36,6 +42,7 @@ class ReferenceSentence:
     section: str
     labels: frozenset[str]  # positive CheXpert labels it states, parents closed
     mask: np.ndarray  # bool (H, W)
+    text: str = ""
 
 
 @dataclass
@@ -45,18 +52,24 @@ class TestCase:
     report: str
     labels: list[int]  # 14 ground-truth values, CHEXPERT_LABELS order
     positives: list[ReferenceSentence] = field(default_factory=list)
+    context: ClinicalContext = field(default_factory=ClinicalContext)
+    anatomy: dict[str, np.ndarray] = field(default_factory=dict)  # bool, ANATOMY_SIZE px
 
 
 def render_case(seed: int, size: int = BENCHMARK_SIZE_PX) -> TestCase:
     study = generate_study(seed, size)
     positives = [
         ReferenceSentence(s.section, frozenset(with_parents(
-            {k for k, v in s.mentions.items() if v == POSITIVE})), s.mask)
+            {k for k, v in s.mentions.items() if v == POSITIVE})), s.mask, s.text)
         for s in study.sentences if s.is_positive
     ]
+    context = ClinicalContext(study.clinical_indication, study.patient.age_years,
+                              study.patient.sex)
+    anatomy = {name: area_downsample(study.anatomy[name], ANATOMY_SIZE).numpy() >= 0.5
+               for name in ANATOMY_REGIONS}
     return TestCase(study.study_id, study.image, study.report_text,
                     [int(study.labels[name] == POSITIVE) for name in CHEXPERT_LABELS],
-                    positives)
+                    positives, context, anatomy)
 
 
 def render_cases(seeds: Sequence[int], workers: int = 1) -> list[TestCase]:
@@ -101,20 +114,31 @@ class SystemRun:
 
 
 def run_model(name: str, model_dir: Path, cases: Sequence[TestCase], variant: Variant = "fp32",
-              batch_size: int = 32) -> SystemRun:
+              batch_size: int = 32, with_context: bool = False) -> SystemRun:
+    """Drafts of every case; ``with_context`` sends each study's indication, age and sex."""
     generator = ReportGenerator(model_dir, variant)
     start = time.perf_counter()
     drafts: list[DraftReport] = []
     for i in range(0, len(cases), batch_size):
-        drafts += generator.generate([c.image for c in cases[i : i + batch_size]])
+        chunk = cases[i : i + batch_size]
+        contexts = [c.context for c in chunk] if with_context else None
+        drafts += generator.generate([c.image for c in chunk], contexts=contexts)
     seconds = time.perf_counter() - start
     grounding = [pair_sentences(d, c) for d, c in zip(drafts, cases, strict=True)]
     return SystemRun(name, [d.text for d in drafts], grounding, seconds, drafts)
 
 
 def template_system(source: SystemRun, threshold: float = 0.5) -> SystemRun:
-    """Baseline (a) from the label probabilities ``source``'s encoder produced."""
-    hypotheses = [template_report(d.label_probs, threshold) for d in source.drafts]
+    """Baseline (a) from ``source``'s label head: its calibrated decisions where the model
+    has them (the ones its own text follows), else its probabilities at ``threshold``."""
+    hypotheses = []
+    for d in source.drafts:
+        if d.safety is not None and d.safety.ood_threshold is not None:
+            present = set(d.safety.findings_present)
+            probs = {k: float(k in present) for k in d.label_probs}
+            hypotheses.append(template_report(probs, 0.5))
+        else:
+            hypotheses.append(template_report(d.label_probs, threshold))
     return SystemRun("(a) template from label head", hypotheses, None, 0.0)
 
 
@@ -127,11 +151,15 @@ class Evaluation:
 
 
 def score(runs: Sequence[SystemRun], cases: Sequence[TestCase], resamples: int = 1000,
-          seed: int = 0) -> Evaluation:
+          seed: int = 0, baseline: dict[str, np.ndarray] | None = None) -> Evaluation:
+    """Every row for every system on the same bootstrap resamples; ``baseline`` holds the
+    mean training mask per organ for the negative/anatomical grounding baseline."""
     references = [c.report for c in cases]
     labels = np.array([c.labels for c in cases])
     rows = {run.name: evaluate_reports(references, run.hypotheses, labels,
-                                       grounding=run.grounding, resamples=resamples, seed=seed)
+                                       grounding=run.grounding, resamples=resamples, seed=seed,
+                                       extra=safety_statistics(run.drafts, cases, baseline)
+                                       if run.drafts else None)
             for run in runs}
     counts = {run.name: sum(len(g) for g in run.grounding) for run in runs if run.grounding}
     return Evaluation(rows, counts, {run.name: run.seconds for run in runs}, len(cases))

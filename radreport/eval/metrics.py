@@ -397,12 +397,14 @@ def evaluate_reports(
     resamples: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    extra: Mapping[str, Statistic] | None = None,
 ) -> dict[str, Interval]:
     """Every table metric for one system: ``metric -> (point, low, high)``.
 
     ``hyp_labels`` default to ``report_vector`` on the hypotheses; ``grounding`` holds, per
     study, its grounded sentences as (heatmap, region mask) pairs; without it (a system that
-    does not ground) the grounding rows are left out.
+    does not ground) the grounding rows are left out. ``extra`` statistics (a model's
+    safety rows) are bootstrapped on the same resamples.
     """
     n = len(references)
     stats = nlg_statistics(nlg_scores(references, hypotheses))
@@ -416,6 +418,7 @@ def evaluate_reports(
         if len(grounding) != n:
             raise ValueError(f"grounding for {len(grounding)} studies, expected {n}")
         stats |= grounding_statistics(grounding)
+    stats |= dict(extra or {})
     return {name: bootstrap_ci(stat, n, resamples, seed, alpha) for name, stat in stats.items()}
 
 

@@ -16,12 +16,14 @@ returns float32 in [0, 1], the input's shape unless its description says otherwi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import numpy as np
 from scipy import ndimage, stats
+
+from radreport.model.report import ReportGenerator, to_model_input
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
@@ -240,3 +242,46 @@ def transform_by_name(name: str) -> OODTransform:
             return transform
     valid = ", ".join(t.name for t in OOD_TRANSFORMS)
     raise ValueError(f"unknown OOD transform {name!r}; valid names: {valid}")
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TransformResult:
+    name: str
+    kind: str
+    auroc: float  # in-distribution test images against their transformed copies
+    flag_rate: float  # transformed images the gate flags
+
+
+def gate_scores(generator: ReportGenerator, images: Sequence[np.ndarray],
+                batch_size: int = 32) -> np.ndarray:
+    """The OOD score of each image, through the served encoder and the folder's scorer."""
+    scorer = generator.safety_net.ood
+    if scorer is None:
+        raise ValueError("this model folder has no OOD gate (no calibration.json with 'ood')")
+    scores: list[np.ndarray] = []
+    size = generator.info.image_size
+    for start in range(0, len(images), batch_size):
+        batch = np.stack([to_model_input(image, size)[0]
+                          for image in images[start : start + batch_size]])[:, None]
+        features = generator.onnx.encode(batch).features
+        if features is None:
+            raise ValueError("this model's encoder has no 'features' output")
+        scores.append(scorer.score(features))
+    return np.concatenate(scores)
+
+
+def evaluate_transforms(generator: ReportGenerator, images: Sequence[np.ndarray],
+                        transforms: Sequence[OODTransform] = OOD_TRANSFORMS,
+                        seed: int = 0) -> tuple[np.ndarray, list[TransformResult]]:
+    """In-distribution scores and, per transform, AUROC and flag rate of its images."""
+    inside = gate_scores(generator, images)
+    threshold = generator.safety_net.ood.threshold if generator.safety_net.ood else np.inf
+    results = []
+    for t in transforms:
+        rng = np.random.default_rng(seed)
+        outside = gate_scores(generator, [t.apply(image, rng) for image in images])
+        results.append(TransformResult(t.name, t.kind, auroc(inside, outside),
+                                       float(np.mean(outside > threshold))))
+    return inside, results

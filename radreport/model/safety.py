@@ -11,13 +11,14 @@ band and no OOD score, which is exactly how v1 was served.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from radreport.data.labels import CRITICAL_LABELS
 from radreport.model.calibration import Calibration, logits_from_probs, study_confidence
 from radreport.model.ood import MahalanobisScorer
 from radreport.model.prompt import consistent_findings
@@ -110,3 +111,23 @@ class SafetyNet:
                                        else float(study_confidence(probs[i], present[i]))),
                 ood_score=score, ood_threshold=threshold, out_of_distribution=unfamiliar))
         return out
+
+
+OOD_REASON = "outside the model's training distribution"
+
+
+def model_review_reasons(findings_present: Iterable[str], uncertain_findings: Iterable[str],
+                         out_of_distribution: bool, stated: Iterable[str]) -> list[str]:
+    """Why the model itself asks a radiologist to look first; empty when it does not.
+
+    ``stated`` are the labels the text asserts. The services add what the model cannot see
+    (image quality, overall agreement); both use this so the wording is the same.
+    """
+    present, said = set(findings_present), set(stated)
+    reasons = [f"critical finding disagreement: {label} "
+               f"({'label head only' if label in present else 'text only'})"
+               for label in sorted(CRITICAL_LABELS) if (label in present) != (label in said)]
+    reasons += [f"uncertain critical finding: {label}" for label in uncertain_findings]
+    if out_of_distribution:
+        reasons.append(OOD_REASON)
+    return reasons
