@@ -114,20 +114,24 @@ class SafetyNet:
 
 
 OOD_REASON = "outside the model's training distribution"
+DISAGREEMENT_REASON = "critical finding disagreement"
+UNCERTAIN_REASON = "uncertain critical finding"
 
 
 def model_review_reasons(findings_present: Iterable[str], uncertain_findings: Iterable[str],
                          out_of_distribution: bool, stated: Iterable[str]) -> list[str]:
     """Why the model itself asks a radiologist to look first; empty when it does not.
 
-    ``stated`` are the labels the text asserts. The services add what the model cannot see
-    (image quality, overall agreement); both use this so the wording is the same.
+    ``stated`` are the labels the text asserts. Out of distribution comes first: it makes
+    every other output untrustworthy. The services add what the model cannot see (image
+    quality, overall agreement); evaluation and services share this, so the rates the
+    evaluation reports are the flags the services raise.
     """
     present, said = set(findings_present), set(stated)
-    reasons = [f"critical finding disagreement: {label} "
-               f"({'label head only' if label in present else 'text only'})"
-               for label in sorted(CRITICAL_LABELS) if (label in present) != (label in said)]
-    reasons += [f"uncertain critical finding: {label}" for label in uncertain_findings]
-    if out_of_distribution:
-        reasons.append(OOD_REASON)
+    reasons = [OOD_REASON] if out_of_distribution else []
+    reasons += [f"{DISAGREEMENT_REASON}: {label} "
+                f"({'label head only' if label in present else 'text only'})"
+                for label in sorted(CRITICAL_LABELS) if (label in present) != (label in said)]
+    reasons += [f"{UNCERTAIN_REASON}: {label}" for label in sorted(uncertain_findings)
+                if label in CRITICAL_LABELS]
     return reasons

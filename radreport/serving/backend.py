@@ -11,6 +11,10 @@
   BLS request to those two models. It exists to measure what a round trip per token costs
   against the in-process loop (``radreport bench serving``).
 
+Both report models take an optional ``context_json`` input (``radreport.serving.context``):
+each image's clinical indication, age and sex, which v2 models put into the decoder prompt.
+A request whose context is malformed gets an error; the others in its batch are served.
+
 Runs only inside tritonserver's Python backend (``triton_python_backend_utils``).
 """
 
@@ -26,6 +30,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from radreport.model.onnx_runtime import EncoderOutput, OnnxReportModel
+from radreport.model.prompt import ClinicalContext
 from radreport.model.report import (
     DraftReport,
     ReportDecoded,
@@ -35,6 +40,34 @@ from radreport.model.report import (
     model_files,
 )
 from radreport.serving.backend_config import execution_providers, model_dir_of, parameters
+from radreport.serving.context import CONTEXT_INPUT, parse_contexts
+
+
+class _Batch:
+    """The well-formed requests of one ``execute`` call, stacked: their images, each image's
+    context, and which request each image belongs to; malformed requests get an error."""
+
+    def __init__(self, requests: list[Any]) -> None:
+        self.images: list[np.ndarray] = []  # per valid request: (n, 1, S, S)
+        self.contexts: list[ClinicalContext | None] = []  # per image
+        self.valid: list[int] = []  # index in ``requests`` of each valid request
+        self.errors: dict[int, Any] = {}  # request index -> TritonError
+        for n, request in enumerate(requests):
+            image = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+            given = pb_utils.get_input_tensor_by_name(request, CONTEXT_INPUT)
+            try:
+                contexts = parse_contexts(None if given is None else given.as_numpy(),
+                                          len(image))
+            except ValueError as err:  # the message names no value: no PHI in the error
+                self.errors[n] = pb_utils.TritonError(f"bad request: {err}",
+                                                      pb_utils.TritonError.INVALID_ARG)
+                continue
+            self.images.append(image)
+            self.contexts.extend(contexts)
+            self.valid.append(n)
+
+    def stacked(self) -> np.ndarray:
+        return np.concatenate(self.images).astype(np.float32)
 
 
 class _GeneratorModel:
@@ -62,16 +95,25 @@ class ReportModel(_GeneratorModel):
     """Whole reports, decoded in-process; one response per request, errors included."""
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        images = [pb_utils.get_input_tensor_by_name(r, "image").as_numpy() for r in requests]
+        batch = _Batch(requests)
+        responses = {n: pb_utils.InferenceResponse(error=error)
+                     for n, error in batch.errors.items()}
+        if batch.valid:
+            responses.update(self._reports(batch))
+        return [responses[n] for n in range(len(requests))]
+
+    def _reports(self, batch: _Batch) -> dict[int, Any]:
+        """A response per valid request: its reports, or the error all of them share."""
         try:
-            drafts = self.generator.generate_prepared(np.concatenate(images).astype(np.float32))
+            drafts = self.generator.generate_prepared(batch.stacked(),
+                                                      contexts=batch.contexts)
         except Exception as err:  # every request must get a response, never a crash
             error = pb_utils.TritonError(f"report generation failed: {err}")
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
-        responses = []
+            return {n: pb_utils.InferenceResponse(error=error) for n in batch.valid}
+        responses = {}
         start = 0
-        for image in images:
-            responses.append(self.report_response(drafts[start : start + len(image)]))
+        for n, image in zip(batch.valid, batch.images, strict=True):
+            responses[n] = self.report_response(drafts[start : start + len(image)])
             start += len(image)
         return responses
 
@@ -85,15 +127,24 @@ class StreamingReportModel(_GeneratorModel):
     """
 
     def execute(self, requests: list[Any]) -> None:
-        images = [pb_utils.get_input_tensor_by_name(r, "image").as_numpy() for r in requests]
-        senders = [r.get_response_sender() for r in requests]
+        batch = _Batch(requests)
+        all_senders = [r.get_response_sender() for r in requests]
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        for n, error in batch.errors.items():
+            all_senders[n].send(pb_utils.InferenceResponse(error=error), flags=final)
+        if batch.valid:
+            self._stream(batch, [all_senders[n] for n in batch.valid])
+
+    def _stream(self, batch: _Batch, senders: list[Any]) -> None:
+        """Sentences and final reports of the valid requests (``senders`` in their order)."""
+        images = batch.images
         owner = [(n, k) for n, image in enumerate(images) for k in range(len(image))]
-        drafts: list[dict[int, Any]] = [{} for _ in requests]
-        closed = [False] * len(requests)
+        drafts: list[dict[int, Any]] = [{} for _ in images]
+        closed = [False] * len(images)
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
-            for event in self.generator.stream_prepared(
-                    np.concatenate(images).astype(np.float32)):
+            for event in self.generator.stream_prepared(batch.stacked(),
+                                                        contexts=batch.contexts):
                 n, k = owner[event.item]
                 if isinstance(event, SentenceDecoded):
                     sentence = {"image": k, "index": event.index, "decoded_at": time.time(),

@@ -1,7 +1,8 @@
 """The inference worker's way to Triton: reports over gRPC, with deadlines and retries.
 
 ``generate`` asks ``radreport_report`` for whole reports; ``generate_stream`` asks the
-decoupled ``radreport_report_stream`` and yields each sentence as Triton decodes it.
+decoupled ``radreport_report_stream`` and yields each sentence as Triton decodes it. Both
+send the request's clinical context (``radreport.serving.context``) when there is one.
 
 Transient failures (server restarting, queue full, a deadline missed while busy) are retried
 with exponential backoff; a request Triton refuses as malformed is not. When Triton stays
@@ -15,13 +16,16 @@ import json
 import logging
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
+
+from radreport.model.prompt import ClinicalContext
+from radreport.serving.context import CONTEXT_INPUT, context_tensor
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +64,18 @@ class ReportClient:
         except InferenceServerException:
             return False
 
-    def generate(self, images: np.ndarray) -> list[dict[str, Any]]:
-        """Reports for model inputs (B, 1, S, S) float32, one dict per image."""
-        tensor = grpcclient.InferInput("image", list(images.shape), "FP32")
-        tensor.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    def generate(self, images: np.ndarray,
+                 contexts: Sequence[ClinicalContext | None] | None = None,
+                 ) -> list[dict[str, Any]]:
+        """Reports for model inputs (B, 1, S, S) float32, one dict per image; ``contexts``
+        (optional, one per image) is what the request says of the patient."""
+        inputs = triton_inputs(images, contexts)
         result = self._with_retries(lambda: self._client.infer(
-            self.model, [tensor], client_timeout=self.timeout_s))
+            self.model, inputs, client_timeout=self.timeout_s))
         return [json.loads(row[0]) for row in result.as_numpy("report_json")]
 
-    def generate_stream(self, image: np.ndarray) -> Iterator[dict[str, Any]]:
+    def generate_stream(self, image: np.ndarray, context: ClinicalContext | None = None,
+                        ) -> Iterator[dict[str, Any]]:
         """Events for one model input (1, 1, S, S) from the decoupled model: each sentence as
         it is decoded (``{"type": "sentence", "index", "text", "boxes", "heatmap", ...}``),
         then the whole report (``{"type": "report", ...}``, the dict ``generate`` returns).
@@ -78,9 +85,8 @@ class ReportClient:
         """
         if image.shape[0] != 1:
             raise ValueError("generate_stream takes one image")
-        tensor = grpcclient.InferInput("image", list(image.shape), "FP32")
-        tensor.set_data_from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        event = self._with_retries(lambda: self._open_stream(tensor))
+        inputs = triton_inputs(image, [context])
+        event = self._with_retries(lambda: self._open_stream(inputs))
         try:
             while True:
                 yield event
@@ -90,14 +96,14 @@ class ReportClient:
         finally:  # also when the caller stops early: nothing is left running in Triton
             self._client.stop_stream(cancel_requests=event["type"] != "report")
 
-    def _open_stream(self, tensor: grpcclient.InferInput) -> dict[str, Any]:
+    def _open_stream(self, inputs: list[grpcclient.InferInput]) -> dict[str, Any]:
         """Start one request on a new stream; its first event (closed again on failure)."""
         self._responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
         self._deadline = time.monotonic() + self.timeout_s
         self._client.start_stream(callback=lambda result, error: self._responses.put(
             (result, error)))
         try:
-            self._client.async_stream_infer(self.model, [tensor])
+            self._client.async_stream_infer(self.model, inputs)
             return self._next_event()
         except BaseException:
             self._client.stop_stream(cancel_requests=True)
@@ -146,3 +152,19 @@ class ReportClient:
 
     def close(self) -> None:
         self._client.close()
+
+
+def triton_inputs(images: np.ndarray, contexts: Sequence[ClinicalContext | None] | None,
+            ) -> list[grpcclient.InferInput]:
+    """The image tensor, and ``context_json`` only when some image has a context (so
+    requests without one look exactly as before, e.g. to a v1 server's config)."""
+    tensor = grpcclient.InferInput("image", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    if contexts is None or all(c is None for c in contexts):
+        return [tensor]
+    if len(contexts) != len(images):
+        raise ValueError(f"{len(contexts)} contexts for {len(images)} images")
+    rows = context_tensor(contexts)
+    context = grpcclient.InferInput(CONTEXT_INPUT, list(rows.shape), "BYTES")
+    context.set_data_from_numpy(rows)
+    return [tensor, context]

@@ -58,8 +58,9 @@ def io_problems(config: model_config_pb2.ModelConfig, graph: onnx.ModelProto) ->
 def same_io(config: model_config_pb2.ModelConfig,
             reference: model_config_pb2.ModelConfig) -> list[str]:
     """A model's inputs and outputs against the CPU target's: clients see one interface."""
-    def io(c: model_config_pb2.ModelConfig) -> list[tuple[str, int, tuple[int, ...]]]:
-        return [(t.name, t.data_type, tuple(t.dims)) for t in [*c.input, *c.output]]
+    def io(c: model_config_pb2.ModelConfig) -> list[tuple[str, int, tuple[int, ...], bool]]:
+        return [(t.name, t.data_type, tuple(t.dims), getattr(t, "optional", False))
+                for t in [*c.input, *c.output]]
     if io(config) != io(reference):
         return [f"{config.name}: inputs/outputs differ from the CPU target's"]
     return []

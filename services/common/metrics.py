@@ -45,6 +45,12 @@ QA_DISAGREEMENTS = Counter("radreport_qa_disagreements_total",
                            ["finding"])
 REVIEW_REQUIRED = Counter("radreport_review_required_total",
                           "Reports flagged for radiologist review, by kind of reason", ["reason"])
+# The safety net of model v2: the out-of-distribution gate's score and verdict.
+OOD_SCORE = Histogram("radreport_ood_score",
+                      "Mahalanobis distance of a study's image features from the training data",
+                      buckets=(2, 4, 6, 8, 10, 12, 14, 16, 20, 25, 30, 40, 60, 100))
+OOD_FLAGGED = Counter("radreport_ood_flagged_total",
+                      "Studies flagged as outside the model's training distribution")
 ATTENTION_ENTROPY = Histogram("radreport_attention_entropy_bits",
                               "Mean entropy of a report's sentence grounding maps",
                               buckets=(2, 3, 4, 5, 5.5, 6, 6.5, 7, 7.5, 8))
@@ -65,6 +71,12 @@ EDIT_DISTANCE = Histogram("radreport_report_edit_distance",
                           buckets=(0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0))
 
 
+# Kinds of review reason (services.fhir.findings.REASON_KINDS): the only review label values.
+REVIEW_REASON_KINDS = ("outside the model's training distribution",
+                       "critical finding disagreement", "uncertain critical finding",
+                       "low confidence", "image quality")
+
+
 def _initialise_known_labels() -> None:
     """Export 0 for every known label value, so a rate is 0 rather than missing."""
     from radreport.data.labels import CHEXPERT_LABELS, CRITICAL_LABELS
@@ -74,7 +86,7 @@ def _initialise_known_labels() -> None:
             FINDINGS_STATED.labels(label, source)
     for label in CRITICAL_LABELS:
         QA_DISAGREEMENTS.labels(label)
-    for reason in ("critical finding disagreement", "low confidence", "image quality"):
+    for reason in REVIEW_REASON_KINDS:
         REVIEW_REQUIRED.labels(reason)
     for status in ("completed", "failed"):
         REPORTS_FINISHED.labels(status)

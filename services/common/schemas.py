@@ -80,6 +80,10 @@ class StructuredFinding(BaseModel):
     finding: str
     present: bool
     confidence: float = Field(ge=0.0, le=1.0, description="Label-head probability of presence.")
+    calibrated_probability: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="Probability of presence calibrated on the model's validate split; "
+                    "absent for reports drafted before calibration was served.")
     severity: Literal["mild", "moderate", "severe"] | None = None
     bounding_box: BoundingBox | None = None
     is_critical: bool
@@ -108,7 +112,23 @@ class ReportPublic(BaseModel):
     findings_structured: list[StructuredFinding] = Field(default_factory=list)
     grounding_map_url: str
     fhir_url: str
-    confidence: float | None = None
+    confidence: float | None = Field(
+        default=None, description="Agreement between the label head and the text, 0 to 1")
+    calibrated_confidence: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="Calibrated probability that every present/absent decision of the label "
+                    "head is right; 0 when the image is outside the training distribution")
+    ood_score: float | None = Field(
+        default=None, description="Distance of the image's features from the training data "
+                                  "(Mahalanobis); absent when the model has no OOD gate")
+    ood_threshold: float | None = Field(
+        default=None, description="Scores above this are outside the training distribution")
+    out_of_distribution: bool | None = Field(
+        default=None, description="Whether the image lies outside the model's training "
+                                  "distribution; every output is then untrustworthy")
+    uncertain_findings: list[str] = Field(
+        default_factory=list, description="Critical findings whose calibrated probability "
+                                          "lies in their uncertain band")
     requires_radiologist_review: bool | None = None
     review_reasons: list[str] = Field(default_factory=list)
     processing_time_ms: int | None = None
@@ -178,3 +198,11 @@ class Draft(BaseModel):
     letterbox: LetterboxInfo
     attention_entropy: float | None = None
     inference_ms: float
+    # The safety net (model v2, radreport.model.safety); defaults keep older drafts valid.
+    calibrated_probs: dict[str, float] | None = None
+    findings_present: list[str] | None = None  # the head's calibrated decisions; None: unknown
+    uncertain_findings: list[str] = Field(default_factory=list)
+    calibrated_confidence: float | None = None
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+    out_of_distribution: bool = False

@@ -71,8 +71,12 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from services.common.schemas import BoundingBox, Draft, DraftSentence, StructuredFinding
 from services.fhir.report import (
+    CALIBRATED_CONFIDENCE,
+    CALIBRATED_PROBABILITY,
     CONFIDENCE,
     LOINC,
+    OOD_SCORE,
+    OOD_WARNING,
     REPORT_CODE,
     SEVERITY,
     SEVERITY_VALUES,
@@ -89,7 +93,8 @@ _DESIGNATORS: Final[dict[str, str]] = {SNOMED: "SCT", LOINC: "LN"}
 
 # Our private coding scheme (PS3.3 8.1.2: private designators start with "99") for what no
 # standard terminology names exactly: the CheXpert labels without a SNOMED CT concept and
-# the label head's probability. Same code values as the FHIR bundle's local code systems.
+# the label head's probabilities, the safety net's read-out. Same code values as the FHIR
+# bundle's local code systems.
 PRIVATE_SCHEME: Final = "99RADREPORT"
 PRIVATE_SCHEME_ITEM: Final = CodingSchemeIdentificationItem(
     designator=PRIVATE_SCHEME, name="radreport local codes",
@@ -112,7 +117,20 @@ SEVERITY_CONCEPT: Final = _from_fhir(SEVERITY)
 SEVERITY_CODES: Final = {name: _from_fhir(c) for name, c in SEVERITY_VALUES.items()}
 CONFIDENCE_CONCEPT: Final = CodedConcept(CONFIDENCE["code"], PRIVATE_SCHEME,
                                          CONFIDENCE["display"])
+CALIBRATED_PROBABILITY_CONCEPT: Final = CodedConcept(
+    CALIBRATED_PROBABILITY["code"], PRIVATE_SCHEME, CALIBRATED_PROBABILITY["display"])
+# The study-level safety net (model v2): calibrated confidence, OOD score, threshold, verdict
+CALIBRATED_CONFIDENCE_CONCEPT: Final = CodedConcept(
+    CALIBRATED_CONFIDENCE["code"], PRIVATE_SCHEME, CALIBRATED_CONFIDENCE["display"])
+OOD_SCORE_CONCEPT: Final = CodedConcept(OOD_SCORE["code"], PRIVATE_SCHEME, OOD_SCORE["display"])
+OOD_THRESHOLD_CONCEPT: Final = CodedConcept("ood-threshold", PRIVATE_SCHEME,
+                                            "Out-of-distribution score threshold")
+OUT_OF_DISTRIBUTION_CONCEPT: Final = CodedConcept(
+    "out-of-distribution", PRIVATE_SCHEME, "Outside the model's training distribution")
+YES: Final = CodedConcept(*codes.SCT.Yes)
+NO: Final = CodedConcept(*codes.SCT.No)
 PERCENT: Final = CodedConcept("%", "UCUM", "%")
+NO_UNITS: Final = CodedConcept(*codes.UCUM.NoUnits)  # ("1", UCUM, "no units")
 # Free-text items: CID 7002 (Diagnostic Imaging Report Elements) concepts, as in TID 2000.
 FINDING_TEXT: Final = CodedConcept(*codes.DCM.Finding)  # (121071, DCM, "Finding")
 IMPRESSION_TEXT: Final = CodedConcept(*codes.DCM.Impression)  # (121073, DCM, "Impression")
@@ -176,7 +194,11 @@ def build_report_sr(
         sentence's first label; a sentence without boxes gets a TID 1501 group that
         references the source image instead (TID 1410 requires a region);
       * per structured finding, a TID 1501 image-level group ``finding-<label>``: present
-        or absent, the label head's probability (%), and the severity when known;
+        or absent, the label head's probability (%), its calibrated probability (%) when
+        served, and the severity when known;
+      * when the draft has the safety net's read-out, a TID 1501 group ``study-safety``:
+        the calibrated confidence (%), the out-of-distribution score and its threshold
+        (no units), and CODE "Outside the model's training distribution" = Yes or No;
 
     - "Qualitative Evaluations" (TID 1500 row 12): the findings and impression text and
       the AI notice.
@@ -207,6 +229,9 @@ def build_report_sr(
                                        report_id))
     groups.extend(_finding_group(source, finding, algorithm, report_id)
                   for finding in findings)
+    safety = _safety_group(source, draft, algorithm, report_id)
+    if safety is not None:
+        groups.append(safety)
 
     device = DeviceObserverIdentifyingAttributes(
         uid=_uid("device", manufacturer, software_version, draft.model_version),
@@ -304,6 +329,12 @@ def _finding_group(source: Dataset, finding: StructuredFinding,
     if finding.severity is not None:
         evaluations.append(QualitativeEvaluation(SEVERITY_CONCEPT,
                                                  SEVERITY_CODES[finding.severity]))
+    measurements = [Measurement(name=CONFIDENCE_CONCEPT,
+                                value=round(100.0 * finding.confidence, 2), unit=PERCENT)]
+    if finding.calibrated_probability is not None:
+        measurements.append(Measurement(
+            name=CALIBRATED_PROBABILITY_CONCEPT,
+            value=round(100.0 * finding.calibrated_probability, 2), unit=PERCENT))
     name = f"finding-{_slug(finding.finding)}"
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
@@ -311,9 +342,40 @@ def _finding_group(source: Dataset, finding: StructuredFinding,
             identifier=name),
         finding_type=label,
         algorithm_id=algorithm,
-        measurements=[Measurement(name=CONFIDENCE_CONCEPT,
-                                  value=round(100.0 * finding.confidence, 2), unit=PERCENT)],
+        measurements=measurements,
         qualitative_evaluations=evaluations,
+        source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
+    )
+
+
+def _safety_group(source: Dataset, draft: Draft, algorithm: AlgorithmIdentification,
+                  report_id: str) -> MeasurementsAndQualitativeEvaluations | None:
+    """The study-level safety net: how far to trust every other group; None without it."""
+    measurements = []
+    if draft.calibrated_confidence is not None:
+        measurements.append(Measurement(
+            name=CALIBRATED_CONFIDENCE_CONCEPT,
+            value=round(100.0 * draft.calibrated_confidence, 2), unit=PERCENT))
+    evaluations = []
+    if draft.ood_score is not None:
+        measurements.append(Measurement(name=OOD_SCORE_CONCEPT, value=round(draft.ood_score, 4),
+                                        unit=NO_UNITS))
+        if draft.ood_threshold is not None:
+            measurements.append(Measurement(name=OOD_THRESHOLD_CONCEPT,
+                                            value=round(draft.ood_threshold, 4),
+                                            unit=NO_UNITS))
+        evaluations.append(QualitativeEvaluation(
+            OUT_OF_DISTRIBUTION_CONCEPT, YES if draft.out_of_distribution else NO))
+    if not measurements:
+        return None
+    name = "study-safety"
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=_uid(str(source.StudyInstanceUID), report_id, "tracking", name),
+            identifier=name),
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=evaluations or None,
         source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
     )
 
@@ -331,6 +393,9 @@ def _report_text(draft: Draft, report_id: str) -> ContainerContentItem:
                         value=f"{AI_NOTICE} Model {draft.model_version}, report {report_id}.",
                         relationship_type=contains),
     ])
+    if draft.out_of_distribution:
+        container.ContentSequence.append(TextContentItem(
+            name=COMMENT_TEXT, value=OOD_WARNING, relationship_type=contains))
     return container
 
 

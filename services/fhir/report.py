@@ -10,7 +10,17 @@ top-level modules are R5). R4B is the R4-compatible release: the resources used 
 - one ``DiagnosticReport``: the draft text (``presentedForm``), the impression
   (``conclusion``), ``result`` -> the Observations, ``media`` -> the Media, and
   ``imagingStudy`` -> a logical reference (by identifier) to the source study;
-- one ``Observation`` per structured finding;
+- one ``Observation`` per structured finding: present or absent, with components for the
+  label head's raw probability (``confidence``) and, when served, its calibrated one
+  (``calibrated-probability``), both our codes;
+- the study-level safety net (model v2), as Observations with our codes that
+  ``DiagnosticReport.result`` also references, after the findings (Observations rather
+  than DiagnosticReport extensions, so any FHIR client shows them):
+  ``calibrated-confidence`` (the calibrated probability that every present/absent
+  decision is right, %) and ``ood-score`` (the image's distance from the training data,
+  with the threshold as ``referenceRange.high`` and an ``interpretation`` of H, "outside
+  the model's training distribution", or N); each only when the draft has it. An
+  out-of-distribution study also gets a warning in the report's narrative;
 - one ``Media`` per sentence: its grounding overlay PNG, by URL. In R4/R4B
   ``DiagnosticReport.media.link`` must reference a Media resource, so the overlay gets
   one (``content.url`` the overlay, ``contentType`` image/png); the sentence itself is
@@ -101,6 +111,24 @@ SEVERITY_VALUES: Final = {
 # client shows it without knowing our profile).
 CONFIDENCE: Final = {"system": RADREPORT_OBSERVATION_SYSTEM, "code": "confidence",
                      "display": "Model probability that the finding is present"}
+CALIBRATED_PROBABILITY: Final = {
+    "system": RADREPORT_OBSERVATION_SYSTEM, "code": "calibrated-probability",
+    "display": "Calibrated model probability that the finding is present"}
+# Study-level read-outs of the model's safety net (radreport.model.safety). Displays fit
+# DICOM's 64-character Code Meaning: the SR uses the same codes.
+CALIBRATED_CONFIDENCE: Final = {
+    "system": RADREPORT_OBSERVATION_SYSTEM, "code": "calibrated-confidence",
+    "display": "Calibrated probability that all finding decisions are right"}
+OOD_SCORE: Final = {
+    "system": RADREPORT_OBSERVATION_SYSTEM, "code": "ood-score",
+    "display": "Distance of the image from the model's training distribution"}
+V3_INTERPRETATION: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+OUT_OF_DISTRIBUTION_TEXT: Final = "outside the model's training distribution"
+OOD_HIGH: Final = {"system": V3_INTERPRETATION, "code": "H", "display": "High"}
+OOD_NORMAL: Final = {"system": V3_INTERPRETATION, "code": "N", "display": "Normal"}
+OOD_WARNING: Final = ("The image lies outside the model's training distribution: no output "
+                      "of the model, this draft included, can be trusted without a full "
+                      "reading by a radiologist.")
 # SNOMED CT disorders for the CheXpert labels that have an exact one. The other six
 # ("No Finding", "Enlarged Cardiomediastinum", "Lung Opacity", "Lung Lesion",
 # "Pleural Other", "Support Devices") are umbrella terms of CheXpert's labeler with no
@@ -197,8 +225,9 @@ def build_bundle(draft: Draft, findings: list[StructuredFinding], overlays: list
     device = _device(draft, ctx)
     media = [_media(index, url, ctx) for index, url in enumerate(overlays)]
     observations = [_observation(finding, len(overlays), ctx) for finding in findings]
-    report = _diagnostic_report(draft, findings, ctx)
-    authored: list[DomainResource] = [report, *observations, *media]
+    study_level = _study_observations(draft, ctx)
+    report = _diagnostic_report(draft, findings, study_level, ctx)
+    authored: list[DomainResource] = [report, *observations, *study_level, *media]
     provenance = _provenance(authored, draft, ctx)
     bundle_id = resource_uuid(ctx.report_id, "Bundle")
     fields: dict[str, Any] = {
@@ -216,10 +245,16 @@ def build_bundle(draft: Draft, findings: list[StructuredFinding], overlays: list
 # -- resources ------------------------------------------------------------------------
 
 def _diagnostic_report(draft: Draft, findings: list[StructuredFinding],
-                       ctx: FhirContext) -> DiagnosticReport:
+                       study_level: list[Observation], ctx: FhirContext) -> DiagnosticReport:
     text = report_text(draft)
     body = text.encode("utf-8")
     paragraphs = "".join(f"<p>{html.escape(line)}</p>" for line in text.split("\n") if line)
+    if draft.out_of_distribution:
+        paragraphs = f"<p><b>{html.escape(OOD_WARNING)}</b></p>{paragraphs}"
+    results = [_ref("Observation", f"Observation/{f.finding}", ctx, display=f.finding)
+               for f in findings]
+    results += [{"reference": f"urn:uuid:{o.id}", "type": "Observation",
+                 "display": o.code.text} for o in study_level]
     fields: dict[str, Any] = {
         "id": resource_uuid(ctx.report_id, "DiagnosticReport"),
         "meta": {"security": [AI_ASSERTED]},
@@ -234,8 +269,7 @@ def _diagnostic_report(draft: Draft, findings: list[StructuredFinding],
         **_subject_and_encounter(ctx),
         "effectiveDateTime": ctx.effective,
         "issued": ctx.issued,
-        "result": [_ref("Observation", f"Observation/{f.finding}", ctx, display=f.finding)
-                   for f in findings] or None,
+        "result": results or None,
         "imagingStudy": [_imaging_study(ctx)],
         "media": [{"comment": sentence.text, "link": _ref("Media", f"Media/{index}", ctx)}
                   for index, sentence in enumerate(draft.sentences)] or None,
@@ -262,9 +296,12 @@ def _observation(finding: StructuredFinding, n_sentences: int,
         coding.insert(0, {"system": SNOMED, "code": code, "display": display})
     components: list[dict[str, Any]] = [{
         "code": {"coding": [CONFIDENCE], "text": "confidence"},
-        "valueQuantity": {"value": round(100 * finding.confidence, 2), "unit": "%",
-                          "system": UCUM, "code": "%"},
+        "valueQuantity": _percent(finding.confidence),
     }]
+    if finding.calibrated_probability is not None:
+        components.append({
+            "code": {"coding": [CALIBRATED_PROBABILITY], "text": "calibrated probability"},
+            "valueQuantity": _percent(finding.calibrated_probability)})
     if finding.severity is not None:
         components.append({"code": {"coding": [SEVERITY]},
                            "valueCodeableConcept": {"coding": [SEVERITY_VALUES[finding.severity]],
@@ -274,8 +311,11 @@ def _observation(finding: StructuredFinding, n_sentences: int,
                for i in finding.sentence_indices if 0 <= i < n_sentences]
     notes = []
     if not finding.mentioned_in_text:
+        calibrated = ("" if finding.calibrated_probability is None
+                      else f" ({100 * finding.calibrated_probability:.0f}% calibrated)")
         notes.append({"text": "Not stated in the report text; the label head gives "
-                              f"{100 * finding.confidence:.0f}% probability of presence."})
+                              f"{100 * finding.confidence:.0f}% probability of presence"
+                              f"{calibrated}."})
     fields: dict[str, Any] = {
         "id": resource_uuid(ctx.report_id, f"Observation/{finding.finding}"),
         "meta": {"security": [AI_ASSERTED]},
@@ -292,6 +332,53 @@ def _observation(finding: StructuredFinding, n_sentences: int,
         "derivedFrom": [*derived, _imaging_study(ctx)],
         "component": components,
         "note": notes or None,
+    }
+    return Observation(**fields)
+
+
+def _study_observations(draft: Draft, ctx: FhirContext) -> list[Observation]:
+    """The safety net's study-level Observations; none for a draft without them."""
+    observations = []
+    if draft.calibrated_confidence is not None:
+        observations.append(_study_observation(
+            "calibrated-confidence", CALIBRATED_CONFIDENCE, "calibrated confidence",
+            {"valueQuantity": _percent(draft.calibrated_confidence)}, ctx))
+    if draft.ood_score is not None:
+        observations.append(_study_observation(
+            "ood-score", OOD_SCORE, "out-of-distribution score", _ood_fields(draft), ctx))
+    return observations
+
+
+def _ood_fields(draft: Draft) -> dict[str, Any]:
+    """The OOD score's value, and against its threshold its range and interpretation."""
+    assert draft.ood_score is not None
+    fields: dict[str, Any] = {"valueQuantity": _unitless(draft.ood_score)}
+    if draft.ood_threshold is not None:
+        fields["referenceRange"] = [{"high": _unitless(draft.ood_threshold),
+                                     "text": "within the model's training distribution"}]
+        fields["interpretation"] = [{
+            "coding": [OOD_HIGH if draft.out_of_distribution else OOD_NORMAL],
+            "text": (OUT_OF_DISTRIBUTION_TEXT if draft.out_of_distribution
+                     else "within the model's training distribution")}]
+    if draft.out_of_distribution:
+        fields["note"] = [{"text": OOD_WARNING}]
+    return fields
+
+
+def _study_observation(name: str, coding: dict[str, str], text: str, value: dict[str, Any],
+                       ctx: FhirContext) -> Observation:
+    fields: dict[str, Any] = {
+        "id": resource_uuid(ctx.report_id, f"Observation/study/{name}"),
+        "meta": {"security": [AI_ASSERTED]},
+        "status": ctx.status,
+        "category": [{"coding": [IMAGING_CATEGORY]}],
+        "code": {"coding": [coding], "text": text},
+        **_subject_and_encounter(ctx),
+        "effectiveDateTime": ctx.effective,
+        "issued": ctx.issued,
+        "device": _ref("Device", "Device", ctx),
+        "derivedFrom": [_imaging_study(ctx)],
+        **value,
     }
     return Observation(**fields)
 
@@ -356,6 +443,14 @@ def _ref(kind: str, name: str, ctx: FhirContext, display: str | None = None,
     if display is not None:
         ref["display"] = display
     return ref
+
+
+def _percent(probability: float) -> dict[str, Any]:
+    return {"value": round(100 * probability, 2), "unit": "%", "system": UCUM, "code": "%"}
+
+
+def _unitless(value: float) -> dict[str, Any]:
+    return {"value": round(value, 4), "unit": "1", "system": UCUM, "code": "1"}
 
 
 def _imaging_study(ctx: FhirContext) -> dict[str, Any]:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from services.common.metrics import (
     ATTENTION_ENTROPY,
     FINDINGS_STATED,
+    OOD_FLAGGED,
+    OOD_SCORE,
     QA_DISAGREEMENTS,
     REPORT_LATENCY,
     REPORTS_DRAFTED,
     REPORTS_FINISHED,
+    REVIEW_REASON_KINDS,
     REVIEW_REQUIRED,
 )
 from services.common.queue import StageContext, notify, stage_task
@@ -16,10 +21,14 @@ from services.common.schemas import Draft, ImageQuality, ReportStatus
 from services.common.store import utcnow
 from services.fhir.bundle import report_bundle
 from services.fhir.findings import (
+    DISAGREEMENT,
     FINDING_LABELS,
     ReviewPolicy,
     agreement,
+    head_present,
+    reason_kind,
     review_reasons,
+    stated_in_text,
     structured_findings,
 )
 from services.fhir.settings import get_fhir_settings
@@ -45,7 +54,7 @@ def format_report(ctx: StageContext) -> None:
         "findings_structured": [f.model_dump(mode="json") for f in findings],
         "confidence": agreement(draft), "requires_radiologist_review": bool(reasons),
         "review_reasons": reasons, "attention_entropy": draft.attention_entropy,
-        "inference_ms": round(draft.inference_ms, 1),
+        "inference_ms": round(draft.inference_ms, 1), **safety_result(draft),
     }
     elapsed_ms = int((issued - report.created_at.replace(tzinfo=issued.tzinfo)).total_seconds()
                      * 1000)
@@ -56,19 +65,35 @@ def format_report(ctx: StageContext) -> None:
         notify(report.id, ReportStatus.completed.value)
 
 
+def safety_result(draft: Draft) -> dict[str, Any]:
+    """The safety net's study-level read-out, as the stored result (and the API) has it."""
+    return {"calibrated_confidence": draft.calibrated_confidence,
+            "ood_score": draft.ood_score, "ood_threshold": draft.ood_threshold,
+            "out_of_distribution": draft.out_of_distribution,
+            "uncertain_findings": list(draft.uncertain_findings)}
+
+
 def record_clinical_signals(draft: Draft, reasons: list[str], policy: ReviewPolicy) -> None:
-    """Prevalence per finding from the text and from the head, disagreement, entropy."""
+    """Prevalence per finding from the text and from the head, disagreement, entropy, OOD.
+
+    Labels come from fixed sets only (CheXpert labels, reason kinds), never free text.
+    """
     REPORTS_DRAFTED.inc()
-    stated = {label for sentence in draft.sentences for label in sentence.labels}
+    stated, decided = stated_in_text(draft), head_present(draft, policy)
     for label in FINDING_LABELS:
         if label in stated:
             FINDINGS_STATED.labels(label, "text").inc()
-        if draft.label_probs.get(label, 0.0) >= policy.present_threshold:
+        if label in decided:
             FINDINGS_STATED.labels(label, "label_head").inc()
     for reason in reasons:
-        kind = reason.split(":")[0]
-        REVIEW_REQUIRED.labels(kind).inc()
-        if kind == "critical finding disagreement":
+        kind = reason_kind(reason)
+        if kind in REVIEW_REASON_KINDS:
+            REVIEW_REQUIRED.labels(kind).inc()
+        if kind == DISAGREEMENT:
             QA_DISAGREEMENTS.labels(reason.split(": ")[1].split(" (")[0]).inc()
     if draft.attention_entropy is not None:
         ATTENTION_ENTROPY.observe(draft.attention_entropy)
+    if draft.ood_score is not None:
+        OOD_SCORE.observe(draft.ood_score)
+    if draft.out_of_distribution:
+        OOD_FLAGGED.inc()

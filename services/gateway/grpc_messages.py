@@ -87,6 +87,7 @@ def report(public: ReportPublic, draft: Draft | None) -> pb.Report:
                           letterbox, s.overlay_url) for s in public.sentences]
     findings = [pb.StructuredFinding(
         finding=f.finding, present=f.present, confidence=f.confidence,
+        calibrated_probability=f.calibrated_probability,
         severity=f.severity or "", is_critical=f.is_critical,
         mentioned_in_text=f.mentioned_in_text, sentence_indices=f.sentence_indices,
         bounding_box=pb.BoundingBox(x0=f.bounding_box[0], y0=f.bounding_box[1],
@@ -97,6 +98,10 @@ def report(public: ReportPublic, draft: Draft | None) -> pb.Report:
         status=STATUSES[public.status.value], status_reason=public.status_reason or "",
         findings=public.findings or "", impression=public.impression or "",
         sentences=sentences, findings_structured=findings, confidence=public.confidence,
+        calibrated_confidence=public.calibrated_confidence, ood_score=public.ood_score,
+        ood_threshold=public.ood_threshold,
+        out_of_distribution=bool(public.out_of_distribution),
+        uncertain_findings=public.uncertain_findings,
         requires_radiologist_review=bool(public.requires_radiologist_review),
         review_reasons=public.review_reasons, processing_time_ms=public.processing_time_ms,
         stage_timings_ms=public.stage_timings_ms, review_status=REVIEW[public.review_status],

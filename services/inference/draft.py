@@ -44,4 +44,12 @@ def draft_from_served(served: dict[str, Any], sentences: list[DraftSentence],
                  token_ids=served["token_ids"], model_version=served["model_version"],
                  letterbox=letterbox,
                  attention_entropy=float(np.mean(entropies)) if entropies else None,
-                 inference_ms=inference_ms)
+                 inference_ms=inference_ms, **safety_fields(served))
+
+
+def safety_fields(served: dict[str, Any]) -> dict[str, Any]:
+    """The safety net's keys of a served report; a model that predates them gives none,
+    so the draft keeps its defaults (decisions unknown, nothing flagged)."""
+    keys = ("calibrated_probs", "findings_present", "uncertain_findings",
+            "calibrated_confidence", "ood_score", "ood_threshold", "out_of_distribution")
+    return {key: served[key] for key in keys if served.get(key) is not None}

@@ -1,5 +1,6 @@
 """The inference stage: one streaming Triton request per report (the decode loop runs in
-Triton); each sentence is published as soon as Triton has decoded it."""
+Triton), with the request's clinical context when it has one; each sentence is published as
+soon as Triton has decoded it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from services.common.metrics import MODEL_LATENCY
 from services.common.queue import StageContext, redis_client, stage_task
 from services.common.schemas import DraftSentence, LetterboxInfo, ReportStatus
 from services.common.settings import get_common_settings
+from services.inference.context import clinical_context
 from services.inference.draft import draft_from_served, draft_sentence
 from services.inference.settings import get_inference_settings
 
@@ -33,7 +35,8 @@ def infer(ctx: StageContext) -> None:
     start = time.perf_counter()
     served = None
     sentences: list[DraftSentence] = []
-    for event in triton().generate_stream(model_input[None]):
+    context = clinical_context(ctx.report.request or {})
+    for event in triton().generate_stream(model_input[None], context):
         if event["type"] == "report":
             served = event
             break

@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
+from radreport.model.prompt import ClinicalContext
 from radreport.model.report import ReportGenerator
 from radreport.stack import LocalStack, StackConfig
 from services.common.queue import DEAD_LETTER_KEY
@@ -57,12 +58,13 @@ def phantom_dicom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_study_dicom(study, tmp_path_factory.mktemp("dicom"), options)
 
 
-def _reference_findings(path: Path) -> tuple[str, str]:
-    """What the shipped model drafts in-process from the same preprocessing."""
+def _reference_findings(path: Path, context: ClinicalContext | None = None,
+                        ) -> tuple[str, str]:
+    """What the shipped model drafts in-process from the same preprocessing (and context)."""
     decoded = load_image(path)
     model_input, letterbox = prepare_for_model(decoded, 256)
     (draft,) = ReportGenerator().generate_prepared(model_input[None, None].astype(np.float32),
-                                                   [letterbox])
+                                                   [letterbox], contexts=[context])
     return draft.findings, draft.impression
 
 
@@ -145,6 +147,18 @@ def test_async_generation_answers_202_with_location(api: httpx.Client, stack: Lo
             break
         time.sleep(0.5)
     assert report["status"] == "completed"
+    # the request's clinical context reached the model (a v1 model ignores it) ...
+    context = ClinicalContext(indication="cough", age_years=65, sex="M")
+    assert (report["findings"], report["impression"]) == _reference_findings(phantom_dicom,
+                                                                             context)
+    # ... and never a log
+    for log in stack.logs.glob("*.log"):
+        assert "cough" not in log.read_text(errors="replace"), log.name
+    # the safety net, whatever the model: calibrated confidence and per-finding probability
+    assert 0.0 <= report["calibrated_confidence"] <= 1.0
+    assert isinstance(report["out_of_distribution"], bool)
+    assert all(0.0 <= f["calibrated_probability"] <= 1.0
+               for f in report["findings_structured"])
 
 
 @pytest.mark.parametrize(("make_request", "status", "words"), [

@@ -16,6 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from radreport.data.phantoms import generate_study
+from radreport.model.prompt import ClinicalContext
 from radreport.model.report import ReportGenerator, to_model_input
 from radreport.serving.client import (
     STREAM_MODEL,
@@ -71,6 +72,16 @@ def assert_same_report(served: dict[str, Any], expected: dict[str, Any]) -> None
         np.testing.assert_allclose(got["heatmap"], want["heatmap"], atol=1e-4)
     for name, prob in expected["label_probs"].items():
         assert served["label_probs"][name] == pytest.approx(prob, abs=1e-4)
+    # the safety net (radreport.model.safety), present for v1 and v2 models alike
+    assert served["findings_present"] == expected["findings_present"]
+    assert served["uncertain_findings"] == expected["uncertain_findings"]
+    assert served["out_of_distribution"] == expected["out_of_distribution"]
+    assert served["calibrated_confidence"] == pytest.approx(expected["calibrated_confidence"],
+                                                            abs=1e-4)
+    for key in ("ood_score", "ood_threshold"):
+        assert (served[key] is None) == (expected[key] is None)
+        if expected[key] is not None:
+            assert served[key] == pytest.approx(expected[key], rel=1e-3)
 
 
 def test_served_reports_equal_onnx_runtime(server: TritonServer, inputs: np.ndarray,
@@ -227,3 +238,56 @@ def test_a_stream_of_a_wrong_image_is_refused_without_retrying(server: TritonSer
         list(client.generate_stream(np.zeros((1, 1, 64, 64), np.float32)))
     # the client's stream is closed again: the next study streams normally
     assert client.generate_stream(np.zeros((1, 1, 256, 256), np.float32)).__next__()
+
+
+CONTEXT = ClinicalContext(indication="Shortness of breath", age_years=71, sex="F")
+
+
+def test_a_clinical_context_reaches_both_models(server: TritonServer, inputs: np.ndarray,
+                                                ) -> None:
+    """The served reports equal in-process ones given the same contexts (a v1 model ignores
+    them; a v2 model puts them into its prompt)."""
+    contexts = [CONTEXT, None]
+    expected = [d.to_dict() for d in ReportGenerator().generate_prepared(
+        inputs[:2], contexts=contexts)]
+    served = ReportClient(server.grpc_url).generate(inputs[:2], contexts)
+    for got, want in zip(served, expected, strict=True):
+        assert_same_report(got, want)
+    *_, report = ReportClient(server.grpc_url, model=STREAM_MODEL).generate_stream(
+        inputs[:1], CONTEXT)
+    assert_same_report(report, expected[0])
+
+
+def _raw_stream_error(url: str, inputs: list[grpcclient.InferInput]) -> str:
+    """The error of one request on the decoupled model, sent as given."""
+    client = grpcclient.InferenceServerClient(url)
+    answers: list[Any] = []
+    client.start_stream(callback=lambda result, error: answers.append(error))
+    try:
+        client.async_stream_infer(STREAM_MODEL, inputs)
+        deadline = time.monotonic() + 60
+        while not answers and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.stop_stream()
+    assert answers and answers[0] is not None, "the request was not refused"
+    return str(answers[0])
+
+
+def test_a_malformed_context_is_refused_without_echoing_it(server: TritonServer,
+                                                           inputs: np.ndarray) -> None:
+    image = grpcclient.InferInput("image", [1, 1, 256, 256], "FP32")
+    image.set_data_from_numpy(inputs[:1])
+    context = grpcclient.InferInput("context_json", [1, 1], "BYTES")
+    context.set_data_from_numpy(np.array([[b'{"age_years": 200, "name": "Jane"}']],
+                                         dtype=object))
+    with pytest.raises(InferenceServerException, match="context_json row 0") as caught:
+        grpcclient.InferenceServerClient(server.grpc_url).infer(
+            MODEL, [image, context], client_timeout=120)
+    streamed = _raw_stream_error(server.grpc_url, [image, context])
+    for message in (str(caught.value), streamed):
+        assert "context_json row 0" in message
+        assert "Jane" not in message and "200" not in message
+    # both models go on serving
+    assert ReportClient(server.grpc_url).generate(inputs[:1])[0]["text"]
+    assert stream(server.grpc_url, inputs[:1])[-1]["type"] == "report"

@@ -332,6 +332,9 @@ function renderReport(report, { fresh = false } = {}) {
     : "Not signed";
 
   renderMeta(report);
+  const outside = report.out_of_distribution === true;
+  $("#ood-badge").hidden = !outside;
+  $("#ood-warning").hidden = !outside;
   const completed = report.status === "completed";
   for (const part of ["#report-view .columns", "#report-view .lower", "#report-view .editor"]) {
     $(part).hidden = !completed;
@@ -356,7 +359,7 @@ function renderReport(report, { fresh = false } = {}) {
       if (sentence) item.querySelector(".sentence-text").textContent = sentence.text;
     }
   }
-  renderFindings(report.findings_structured || []);
+  renderFindings(report);
   renderReasons(report);
 
   const editable = canEdit(report);
@@ -387,6 +390,18 @@ function renderMeta(report) {
     ["Created", report.created_at ? dateFormat.format(new Date(report.created_at)) : "—"],
     ["Model confidence", typeof report.confidence === "number" ? `${Math.round(report.confidence * 100)}%` : "—"],
   ];
+  // The safety net (model v2): shown only when the report has it
+  if (typeof report.calibrated_confidence === "number") {
+    rows.push(["Calibrated confidence", `${Math.round(report.calibrated_confidence * 100)}%`]);
+  }
+  if (typeof report.ood_score === "number") {
+    const limit = typeof report.ood_threshold === "number" ? ` (limit ${report.ood_threshold.toFixed(1)})` : "";
+    const verdict = report.out_of_distribution ? " · outside the training distribution" : "";
+    rows.push(["OOD score", `${report.ood_score.toFixed(1)}${limit}${verdict}`]);
+  }
+  if ((report.uncertain_findings || []).length) {
+    rows.push(["Uncertain findings", report.uncertain_findings.join(", ")]);
+  }
   if (typeof report.edit_distance === "number") {
     rows.push(["Edited from draft", `${(report.edit_distance * 100).toFixed(1)}%`]);
   }
@@ -546,12 +561,32 @@ $("#show-plain").addEventListener("click", () => selectSentence(null));
 
 // -------------------------------------------------- findings and reasons
 
-function disagrees(finding) {
+// Whether the label head and the text disagree on a finding. With calibrated decisions
+// (model v2) the head's threshold is the model's, not 0.5: a finding the text omits is
+// listed only because the head decided it present, and critical disagreements either way
+// are among the review reasons.
+function disagrees(finding, report) {
+  const prefix = `critical finding disagreement: ${finding.finding} (`;
+  if ((report.review_reasons || []).some((reason) => reason.startsWith(prefix))) return true;
+  if (typeof finding.calibrated_probability === "number") return !finding.mentioned_in_text;
   return (!finding.mentioned_in_text && finding.confidence >= 0.5)
     || (finding.mentioned_in_text && finding.confidence < 0.5);
 }
 
-function renderFindings(findings) {
+function percentCell(row, probability) {
+  const cell = row.insertCell();
+  if (typeof probability !== "number") { cell.textContent = "—"; return null; }
+  const percent = Math.round(probability * 100);
+  const fill = el("span", { className: "conf-fill" });
+  fill.style.width = `${percent}%`;  // CSSOM, so a strict style-src CSP still allows it
+  const bar = el("span", { className: "conf-bar", attrs: { "aria-hidden": "true" } }, fill);
+  cell.append(el("span", { className: "confidence" }, bar, el("span", { className: "conf-value", text: `${percent}%` })));
+  return percent;
+}
+
+function renderFindings(report) {
+  const findings = report.findings_structured || [];
+  const uncertain = new Set(report.uncertain_findings || []);
   const body = $("#findings-table tbody");
   body.replaceChildren();
   for (const finding of findings) {
@@ -560,19 +595,18 @@ function renderFindings(findings) {
     row.insertCell().append(el("span", { className: "finding-name", text: finding.finding }));
     row.insertCell().append(el("span", { className: `present ${finding.present ? "yes" : "no"}`,
                                          text: finding.present ? "Yes" : "No" }));
-    const percent = Math.round(finding.confidence * 100);
-    const fill = el("span", { className: "conf-fill" });
-    fill.style.width = `${percent}%`;  // CSSOM, so a strict style-src CSP still allows it
-    const bar = el("span", { className: "conf-bar", attrs: { "aria-hidden": "true" } }, fill);
-    row.insertCell().append(el("span", { className: "confidence" }, bar, el("span", { className: "conf-value", text: `${percent}%` })));
+    const percent = percentCell(row, finding.confidence);
+    const calibrated = percentCell(row, finding.calibrated_probability);
     row.insertCell().textContent = finding.severity || "—";
     const flags = row.insertCell();
     flags.className = "flags";
     if (finding.is_critical) flags.append(badge("Critical", "critical"));
-    if (disagrees(finding)) {
+    if (uncertain.has(finding.finding)) flags.append(badge("Uncertain", "uncertain"));
+    if (disagrees(finding, report)) {
+      const shown = calibrated === null ? `${percent}%` : `${calibrated}% (calibrated)`;
       const why = finding.mentioned_in_text
-        ? `The text reports ${finding.finding} but the label head gives it ${percent}%.`
-        : `The label head gives ${finding.finding} ${percent}% but the text does not report it.`;
+        ? `The text reports ${finding.finding} but the label head gives it ${shown}.`
+        : `The label head gives ${finding.finding} ${shown} but the text does not report it.`;
       flags.append(el("span", { className: "disagree", attrs: { title: why } },
                       el("span", { className: "disagree-icon", text: "⚠", attrs: { "aria-hidden": "true" } }),
                       el("span", { text: " Text and label head disagree" }),
@@ -581,7 +615,7 @@ function renderFindings(findings) {
   }
   if (!findings.length) {
     const cell = body.insertRow().insertCell();
-    cell.colSpan = 5;
+    cell.colSpan = 6;
     cell.className = "empty";
     cell.textContent = "No findings from the label head.";
   }

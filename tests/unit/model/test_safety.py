@@ -62,6 +62,6 @@ def test_review_reasons_name_what_the_model_doubts() -> None:
     assert model_review_reasons(["Fracture"], [], False, ["Fracture"]) == []
     assert model_review_reasons(["Fracture"], [], False, []) == [
         "critical finding disagreement: Fracture (label head only)"]
-    assert model_review_reasons([], ["Pneumothorax"], True, ["Pneumothorax"]) == [
-        "critical finding disagreement: Pneumothorax (text only)",
-        "uncertain critical finding: Pneumothorax", OOD_REASON]
+    assert model_review_reasons([], ["Pneumothorax", "Edema"], True, ["Pneumothorax"]) == [
+        OOD_REASON, "critical finding disagreement: Pneumothorax (text only)",
+        "uncertain critical finding: Pneumothorax"]  # Edema is not critical

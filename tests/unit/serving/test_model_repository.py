@@ -113,8 +113,8 @@ def test_report_model_io_matches_the_shipped_onnx_graphs() -> None:
     encoder = onnx.load(str(model_files(DEFAULT_MODEL_DIR)[0]))
     image = next(i for i in encoder.graph.input if i.name == "image")
     dims = [d.dim_value for d in image.type.tensor_type.shape.dim][1:]  # without batch
-    (image_input,) = config.input
-    assert image_input.name == "image"
+    image_input, context_input = config.input
+    assert image_input.name == "image" and not image_input.optional
     assert image_input.data_type == model_config_pb2.TYPE_FP32
     assert list(image_input.dims) == dims == [1, info.image_size, info.image_size]
     outputs = {o.name: o for o in config.output}
@@ -122,3 +122,15 @@ def test_report_model_io_matches_the_shipped_onnx_graphs() -> None:
     assert outputs["report_json"].data_type == model_config_pb2.TYPE_STRING
     assert config.max_batch_size >= 16
     assert config.dynamic_batching.default_queue_policy.max_queue_size > 0
+    assert context_input.name == "context_json"
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("model", ["radreport_report", "radreport_report_stream"])
+def test_report_models_take_an_optional_clinical_context(target: str, model: str) -> None:
+    config = parse_config(TARGETS[target] / model / "config.pbtxt")
+    inputs = {i.name: i for i in config.input}
+    assert set(inputs) == {"image", "context_json"}
+    context = inputs["context_json"]
+    assert context.optional  # DICOM pushes and v1 clients send none
+    assert context.data_type == model_config_pb2.TYPE_STRING and list(context.dims) == [1]

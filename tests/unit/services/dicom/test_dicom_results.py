@@ -62,8 +62,9 @@ EXPECTED_WARNINGS: dict[str, list[tuple[str, str]]] = {
         (r"^Warning - Unrecognized defined term <99RADREPORT> for value 1 of attribute "
          r"<Coding Scheme Designator>$",
          "our private coding scheme (CheXpert labels without a SNOMED CT concept, the "
-         "label-head probability): PS3.3 8.1 allows designators starting with 99, declared "
-         "in the Coding Scheme Identification Sequence; dciodvfy only knows PS3.16's list"),
+         "label-head probabilities, the safety net's read-out): PS3.3 8.1 allows "
+         "designators starting with 99, declared in the Coding Scheme Identification "
+         "Sequence; dciodvfy only knows PS3.16's list"),
     ],
     "SC": [],
 }
@@ -358,6 +359,58 @@ def test_sr_uids_are_stable_and_follow_the_content(
         assert uid.startswith("2.25.") and len(uid) <= 64
 
 
+@pytest.fixture(scope="module")
+def safety_sr_path(built: Built, draft: Draft, findings: list[StructuredFinding]) -> Path:
+    """The SR of a model v2 draft flagged out of distribution, written next to ``built``'s."""
+    flagged = draft.model_copy(update={
+        "calibrated_probs": {"Pleural Effusion": 0.81, "Pneumothorax": 0.07},
+        "findings_present": ["Pleural Effusion", "Atelectasis"],
+        "uncertain_findings": [], "calibrated_confidence": 0.0, "ood_score": 31.25,
+        "ood_threshold": 20.5, "out_of_distribution": True})
+    calibrated = [findings[0].model_copy(update={"calibrated_probability": 0.81}),
+                  findings[1].model_copy(update={"calibrated_probability": 0.07})]
+    sr = build_report_sr(built.source, flagged, calibrated, report_id=REPORT_ID,
+                         software_version=SOFTWARE)
+    path = built.sr_path.with_name("sr-safety.dcm")
+    path.write_bytes(to_bytes(sr))
+    return path
+
+
+def _numbers(group: Dataset) -> dict[str, tuple[float, str]]:
+    return {_name(i): (float(i.MeasuredValueSequence[0].NumericValue),
+                       i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
+            for i in _items(group) if i.ValueType == "NUM"}
+
+
+def test_the_safety_net_is_in_the_sr(safety_sr_path: Path) -> None:
+    sr = pydicom.dcmread(safety_sr_path)
+    groups = _groups(sr)
+    assert "study-safety" not in _groups(pydicom.dcmread(
+        safety_sr_path.with_name("sr.dcm")))  # a v1 draft has no safety group
+    safety = groups["study-safety"]
+    assert safety.ContentTemplateSequence[0].TemplateIdentifier == "1501"
+    assert _numbers(safety) == {
+        "Calibrated probability that all finding decisions are right": (0.0, "%"),
+        "Distance of the image from the model's training distribution": (31.25, "1"),
+        "Out-of-distribution score threshold": (20.5, "1")}
+    codes_used = {(i.ConceptNameCodeSequence[0].get("CodeValue")
+                   or i.ConceptNameCodeSequence[0].get("LongCodeValue"),
+                   i.ConceptNameCodeSequence[0].CodingSchemeDesignator)
+                  for i in _items(safety) if i.ValueType in ("NUM", "CODE")}
+    assert {("calibrated-confidence", PRIVATE_SCHEME), ("ood-score", PRIVATE_SCHEME),
+            ("ood-threshold", PRIVATE_SCHEME),
+            ("out-of-distribution", PRIVATE_SCHEME)} <= codes_used
+    (verdict,) = [i.ConceptCodeSequence[0] for i in _items(safety)
+                  if i.ValueType == "CODE"
+                  and _name(i) == "Outside the model's training distribution"]
+    assert (verdict.CodeValue, verdict.CodeMeaning) == ("373066001", "Yes")
+    assert _numbers(groups["finding-pleural-effusion"]) == {
+        "Model probability that the finding is present": (88.0, "%"),
+        "Calibrated model probability that the finding is present": (81.0, "%")}
+    assert any("outside the model's training distribution" in text
+               for text in _texts(sr)["Comment"])
+
+
 def test_box_outside_the_image_is_refused(built: Built, draft: Draft) -> None:
     wide = draft.model_copy(deep=True)
     wide.sentences[0].boxes = [(10, 10, SIZE + 1, 50)]
@@ -492,6 +545,11 @@ def test_dciodvfy_finds_no_errors_in_the_sr(built: Built) -> None:
 
 
 @pytest.mark.integration
+def test_dciodvfy_finds_no_errors_in_the_sr_with_the_safety_net(safety_sr_path: Path) -> None:
+    _check_dciodvfy(safety_sr_path, "SR", "Comprehensive3DSR")
+
+
+@pytest.mark.integration
 def test_dciodvfy_finds_no_errors_in_the_sc(built: Built) -> None:
     _check_dciodvfy(built.sc_path, "SC", "SCImage")
 
@@ -502,9 +560,11 @@ def test_dciodvfy_finds_no_errors_in_the_sc_of_a_sparse_source(sparse_sc_path: P
 
 
 @pytest.mark.integration
-def test_dsrdump_reads_the_sr_content_tree(built: Built) -> None:
+@pytest.mark.parametrize("name", ["sr.dcm", "sr-safety.dcm"])
+def test_dsrdump_reads_the_sr_content_tree(built: Built, safety_sr_path: Path,
+                                           name: str) -> None:
     """dcmtk checks the tree against Comprehensive 3D SR's relationship constraints."""
-    done = subprocess.run([_tool("dsrdump", "dcmtk"), "+Pl", str(built.sr_path)],
+    done = subprocess.run([_tool("dsrdump", "dcmtk"), "+Pl", str(built.sr_path.with_name(name))],
                           capture_output=True, text=True, timeout=60, check=False)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output

@@ -203,6 +203,90 @@ def test_results_resolve_to_the_observations(bundle: dict[str, Any],
     results = [resources[ref["reference"]] for ref in _report(bundle)["result"]]
     assert [r["resourceType"] for r in results] == ["Observation"] * len(findings)
     assert [r["code"]["text"] for r in results] == [f.finding for f in findings]
+    # a draft without the safety net (model v1 before calibration) gets no study-level ones
+    assert "calibrated-confidence" not in json.dumps(bundle)
+    assert "ood-score" not in json.dumps(bundle)
+
+
+# -- the safety net (model v2) -----------------------------------------------------------
+
+def _safe(draft: Draft, **change: Any) -> Draft:
+    return draft.model_copy(update={
+        "calibrated_probs": {"Pleural Effusion": 0.91, "Atelectasis": 0.55,
+                             "Cardiomegaly": 0.7, "Pneumothorax": 0.2},
+        "findings_present": ["Pleural Effusion", "Atelectasis", "Cardiomegaly",
+                             "Lung Opacity"],
+        "calibrated_confidence": 0.83, "ood_score": 12.5, "ood_threshold": 20.0,
+        "out_of_distribution": False, **change})
+
+
+def _study_level(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The study-level Observations DiagnosticReport.result names, by their code."""
+    resources = _by_url(bundle)
+    found = {}
+    for ref in _report(bundle)["result"]:
+        coding = resources[ref["reference"]]["code"]["coding"][0]
+        if coding["system"] == "https://radreport.example/fhir/CodeSystem/observation":
+            found[coding["code"]] = resources[ref["reference"]]
+    return found
+
+
+def test_study_level_calibrated_confidence_and_ood_score(draft: Draft, ctx: FhirContext,
+                                                         ) -> None:
+    safe = _safe(draft)
+    findings = structured_findings(safe, ReviewPolicy())
+    bundle = build_bundle(safe, findings, _overlays(len(draft.sentences)), ctx)
+    Bundle.model_validate(bundle)
+    study = _study_level(bundle)
+    assert set(study) == {"calibrated-confidence", "ood-score"}
+    assert study["calibrated-confidence"]["valueQuantity"]["value"] == pytest.approx(83.0)
+    assert study["calibrated-confidence"]["valueQuantity"]["code"] == "%"
+    ood = study["ood-score"]
+    assert ood["valueQuantity"] == {"value": 12.5, "unit": "1",
+                                    "system": "http://unitsofmeasure.org", "code": "1"}
+    assert ood["referenceRange"][0]["high"]["value"] == 20.0
+    assert ood["interpretation"][0]["coding"][0]["code"] == "N"
+    assert "note" not in ood
+    for observation in study.values():
+        assert observation["meta"]["security"][0]["code"] == "AIAST"
+        assert observation["status"] == "preliminary"
+    (provenance,) = _of_type(bundle, "Provenance")
+    targets = {t["reference"] for t in provenance["target"]}
+    assert {f"urn:uuid:{o['id']}" for o in study.values()} <= targets
+    assert "outside the model" not in _report(bundle)["text"]["div"]
+
+
+def test_an_out_of_distribution_study_says_so(draft: Draft, ctx: FhirContext) -> None:
+    flagged = _safe(draft, ood_score=31.0, out_of_distribution=True,
+                    calibrated_confidence=0.0)
+    bundle = build_bundle(flagged, structured_findings(flagged, ReviewPolicy()),
+                          _overlays(len(draft.sentences)), ctx)
+    Bundle.model_validate(bundle)
+    ood = _study_level(bundle)["ood-score"]
+    (interpretation,) = ood["interpretation"]
+    assert interpretation["coding"][0] == {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+        "code": "H", "display": "High"}
+    assert interpretation["text"] == "outside the model's training distribution"
+    assert "outside the model's training distribution" in ood["note"][0]["text"]
+    assert "outside the model&#x27;s training distribution" in _report(bundle)["text"]["div"]
+    assert _report(bundle)["conclusion"] == draft.impression  # the text stays the model's
+
+
+def test_each_finding_carries_its_calibrated_probability(draft: Draft, ctx: FhirContext,
+                                                         ) -> None:
+    safe = _safe(draft)
+    findings = structured_findings(safe, ReviewPolicy())
+    bundle = build_bundle(safe, findings, _overlays(len(draft.sentences)), ctx)
+    observations = {o["code"]["text"]: o for o in _of_type(bundle, "Observation")}
+    confidence, calibrated, _severity = observations["Pleural Effusion"]["component"]
+    assert confidence["valueQuantity"]["value"] == pytest.approx(88.0)  # the raw head
+    assert calibrated["code"]["coding"][0]["code"] == "calibrated-probability"
+    assert calibrated["valueQuantity"]["value"] == pytest.approx(91.0)
+    # the head decides Lung Opacity present though the text does not state it
+    opacity = observations["Lung Opacity"]
+    assert [c["code"]["coding"][0]["code"] for c in opacity["component"]] == ["confidence"]
+    assert "Not stated in the report text" in opacity["note"][0]["text"]
 
 
 def test_media_one_per_sentence_with_its_text_and_overlay(bundle: dict[str, Any],

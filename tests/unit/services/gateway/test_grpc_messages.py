@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 
 from radreport.v1 import report_pb2 as pb
 from radreport.v1 import report_service_pb2 as service_pb
+from services.common.schemas import ReportPublic, ReportStatus, StructuredFinding
 from services.gateway.grpc_api import client_of
 from services.gateway.grpc_messages import (
     BadRequest,
     grounding_map,
+    report,
     request_fields,
     sentence,
     timestamp,
@@ -84,3 +88,39 @@ def test_timestamps_from_datetimes_and_epoch_seconds() -> None:
                                              ("unix:/tmp/socket", "unix"), ("", None)])
 def test_the_callers_address_is_its_host(peer: str, host: str | None) -> None:
     assert client_of(SimpleNamespace(peer=lambda: peer)) == host  # type: ignore[arg-type]
+
+
+def _public(**fields: Any) -> ReportPublic:
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    return ReportPublic(report_id="RPT-1", study_id="STUDY-1", status=ReportStatus.completed,
+                        grounding_map_url="/g", fhir_url="/f", model_version="m:2",
+                        created_at=now, updated_at=now, **fields)
+
+
+def test_a_report_carries_the_safety_net() -> None:
+    finding = StructuredFinding(finding="Pneumothorax", present=True, confidence=0.4,
+                                calibrated_probability=0.55, is_critical=True,
+                                mentioned_in_text=True, sentence_indices=[0])
+    message = report(_public(
+        confidence=0.9, calibrated_confidence=0.0, ood_score=31.5, ood_threshold=20.0,
+        out_of_distribution=True, uncertain_findings=["Pneumothorax"],
+        findings_structured=[finding], requires_radiologist_review=True,
+        review_reasons=["outside the model's training distribution"]), None)
+    assert message.confidence == pytest.approx(0.9)  # head/text agreement, as before
+    assert message.HasField("calibrated_confidence") and message.calibrated_confidence == 0.0
+    assert (message.ood_score, message.ood_threshold) == (31.5, 20.0)
+    assert message.out_of_distribution
+    assert list(message.uncertain_findings) == ["Pneumothorax"]
+    (structured,) = message.findings_structured
+    assert structured.calibrated_probability == pytest.approx(0.55)
+    assert structured.confidence == pytest.approx(0.4)
+
+
+def test_absent_safety_values_stay_absent() -> None:
+    finding = StructuredFinding(finding="Edema", present=True, confidence=0.7,
+                                is_critical=False, mentioned_in_text=True)
+    message = report(_public(findings_structured=[finding]), None)
+    for name in ("calibrated_confidence", "ood_score", "ood_threshold", "confidence"):
+        assert not message.HasField(name), name
+    assert not message.out_of_distribution and not message.uncertain_findings
+    assert not message.findings_structured[0].HasField("calibrated_probability")
