@@ -131,11 +131,17 @@ def draft(
     image: Annotated[Path, typer.Argument(help="A grayscale PNG (8- or 16-bit), e.g. a phantom.")],
     model: Annotated[Path | None, typer.Option(
         help="Model folder; default: the shipped model.")] = None,
+    indication: Annotated[str | None, typer.Option(help="Clinical indication (optional).")
+                          ] = None,
+    age: Annotated[int | None, typer.Option(min=0, max=130, help="Patient age in years.")
+                   ] = None,
+    sex: Annotated[str | None, typer.Option(help="Patient sex: F, M, O or U.")] = None,
 ) -> None:
     """Draft a grounded report for one image with the model alone (no services, no torch)."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from radreport.model.prompt import ClinicalContext
     from radreport.model.report import DEFAULT_MODEL_DIR, ReportGenerator
 
     try:
@@ -147,11 +153,22 @@ def draft(
         raise typer.BadParameter(f"{image} is not a grayscale 8- or 16-bit image",
                                  param_hint="IMAGE")
     scaled = pixels.astype(np.float32) / (255.0 if pixels.dtype == np.uint8 else 65535.0)
-    report = ReportGenerator(model or DEFAULT_MODEL_DIR).generate([scaled])[0]
+    context = ClinicalContext(indication, age, sex)
+    report = ReportGenerator(model or DEFAULT_MODEL_DIR).generate([scaled],
+                                                                  contexts=[context])[0]
     typer.echo(f"model {report.model_version} (not for clinical use)")
     typer.echo(report.text)
     for sentence in report.sentences:
         typer.echo(f"  [{sentence.section}] {sentence.text} -> boxes {sentence.boxes}")
+    safety = report.safety
+    if safety is not None:
+        typer.echo(f"findings the head decided present: {', '.join(safety.findings_present)}")
+        typer.echo(f"calibrated confidence {safety.calibrated_confidence:.3f}; uncertain: "
+                   f"{', '.join(safety.uncertain_findings) or 'none'}")
+        if safety.ood_score is not None:
+            typer.echo(f"OOD score {safety.ood_score:.2f} (threshold {safety.ood_threshold:.2f})"
+                       + (": OUTSIDE the training distribution, review required"
+                          if safety.out_of_distribution else ""))
 
 
 @app.command()
@@ -185,6 +202,7 @@ def evaluate(
     """Score the model and the baselines on the benchmark split; print one table (95% CIs)."""
     from radreport.eval.evaluate import (
         SystemRun,
+        reads_context,
         render_cases,
         run_model,
         score,
@@ -209,7 +227,7 @@ def evaluate(
     cases = render_cases(seeds, workers)
     main_run = run_model("grounded model (ours)", model_dir, cases)
     runs: list[SystemRun] = [main_run]
-    if with_context:
+    if with_context and reads_context(model_dir):
         runs.append(run_model("ours, with indication/age/sex", model_dir, cases,
                               with_context=True))
     runs += [run_model(f"ours, {v}", model_dir, cases, cast(Variant, v)) for v in variants]

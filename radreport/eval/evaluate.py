@@ -31,7 +31,13 @@ from radreport.eval.metrics import GroundedSentence, Interval, evaluate_reports
 from radreport.eval.safety_metrics import safety_statistics
 from radreport.model.data import area_downsample
 from radreport.model.prompt import ClinicalContext
-from radreport.model.report import DraftReport, ReportGenerator, Variant
+from radreport.model.report import (
+    MODEL_INFO_FILE,
+    DraftReport,
+    ModelInfo,
+    ReportGenerator,
+    Variant,
+)
 
 ANATOMY_SIZE = 128  # anatomy regions are whole organs: 128 px is plenty to score them
 ANATOMY_REGIONS: tuple[str, ...] = ("lungs", "heart", "mediastinum", "chest")
@@ -126,6 +132,12 @@ def run_model(name: str, model_dir: Path, cases: Sequence[TestCase], variant: Va
     seconds = time.perf_counter() - start
     grounding = [pair_sentences(d, c) for d, c in zip(drafts, cases, strict=True)]
     return SystemRun(name, [d.text for d in drafts], grounding, seconds, drafts)
+
+
+def reads_context(model_dir: Path) -> bool:
+    """Whether a model folder's decoder takes the clinical context (a v2 prompt)."""
+    info = ModelInfo.load(Path(model_dir) / MODEL_INFO_FILE)
+    return int(info.extra.get("model_config", {}).get("prompt_len", 0)) > 0
 
 
 def template_system(source: SystemRun, threshold: float = 0.5) -> SystemRun:

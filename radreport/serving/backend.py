@@ -209,9 +209,10 @@ class BlsRuntime(OnnxReportModel):
     """
 
     def encode(self, images: np.ndarray) -> EncoderOutput:
-        memory_kv, label_probs = bls("encoder", {"image": images},
-                                     ["memory_kv", "label_probs"])
-        return EncoderOutput(memory_kv, label_probs)
+        names = [o.name for o in self.encoder.get_outputs()]  # v2 adds "features"
+        outputs = dict(zip(names, bls("encoder", {"image": images}, names), strict=True))
+        return EncoderOutput(outputs["memory_kv"], outputs["label_probs"],
+                             outputs.get("features"))
 
     def step(self, tokens: np.ndarray, past_kv: np.ndarray,
              memory_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
