@@ -335,12 +335,21 @@ def _finding_group(source: Dataset, finding: StructuredFinding,
         measurements.append(Measurement(
             name=CALIBRATED_PROBABILITY_CONCEPT,
             value=round(100.0 * finding.calibrated_probability, 2), unit=PERCENT))
-    name = f"finding-{_slug(finding.finding)}"
+    return _measurement_group(source, report_id, f"finding-{_slug(finding.finding)}",
+                              algorithm, measurements, evaluations, finding_type=label)
+
+
+def _measurement_group(source: Dataset, report_id: str, name: str,
+                       algorithm: AlgorithmIdentification, measurements: list[Measurement],
+                       evaluations: list[QualitativeEvaluation] | None,
+                       finding_type: CodedConcept | None = None,
+                       ) -> MeasurementsAndQualitativeEvaluations:
+    """A TID 1501 group on the whole source image, tracked by a UID derived from ``name``."""
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=_uid(str(source.StudyInstanceUID), report_id, "tracking", name),
             identifier=name),
-        finding_type=label,
+        finding_type=finding_type,
         algorithm_id=algorithm,
         measurements=measurements,
         qualitative_evaluations=evaluations,
@@ -368,16 +377,8 @@ def _safety_group(source: Dataset, draft: Draft, algorithm: AlgorithmIdentificat
             OUT_OF_DISTRIBUTION_CONCEPT, YES if draft.out_of_distribution else NO))
     if not measurements:
         return None
-    name = "study-safety"
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(
-            uid=_uid(str(source.StudyInstanceUID), report_id, "tracking", name),
-            identifier=name),
-        algorithm_id=algorithm,
-        measurements=measurements,
-        qualitative_evaluations=evaluations or None,
-        source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
-    )
+    return _measurement_group(source, report_id, "study-safety", algorithm, measurements,
+                              evaluations or None)
 
 
 def _report_text(draft: Draft, report_id: str) -> ContainerContentItem:
