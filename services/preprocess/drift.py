@@ -34,15 +34,16 @@ def reference(model_dir: Path = DEFAULT_MODEL_DIR) -> np.ndarray | None:
     return np.asarray(json.loads(path.read_text())["histogram"], dtype=np.float64)
 
 
-def make_reference(count: int = 64) -> dict[str, object]:
-    """The reference of the training split: model inputs of ``count`` phantoms."""
-    from radreport.eval.evaluate import render_case, split_seeds
+def make_reference(count: int = 64, size: int = 256) -> dict[str, object]:
+    """The reference of the training split: ``size`` px model inputs of ``count`` phantoms."""
+    from radreport.data.phantoms.generator import generate_study
+    from radreport.eval.evaluate import split_seeds
     from radreport.model.report import to_model_input
 
     total = np.zeros(BINS)
     for seed in split_seeds("train", count):
-        model_input, _ = to_model_input(render_case(seed).image, 256)
+        model_input, _ = to_model_input(generate_study(seed).image, size)
         total += intensity_histogram(model_input, BINS)
     return {"bins": BINS, "range": [0.0, 1.0], "studies": count,
-            "source": "training-split phantoms, letterboxed 256 px model inputs",
+            "source": f"training-split phantoms, letterboxed {size} px model inputs",
             "histogram": (total / count).round(6).tolist()}
