@@ -30,6 +30,7 @@ from radreport.model.grounding import (
     report_spans,
     sentence_maps,
 )
+from radreport.model.guard import FindingsGuard, GuardedReport, guarded_decode
 from radreport.model.onnx_runtime import DEFAULT_PROVIDERS, EncoderOutput, OnnxReportModel
 from radreport.model.prompt import ClinicalContext
 from radreport.model.safety import SafetyNet, StudySafety
@@ -162,7 +163,8 @@ class ReportGenerator:
 
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, variant: Variant = "fp32",
                  threads: int | None = None, runtime: OnnxReportModel | None = None,
-                 providers: Sequence[str | tuple[str, dict[str, str]]] | None = None) -> None:
+                 providers: Sequence[str | tuple[str, dict[str, str]]] | None = None,
+                 guard: bool = True) -> None:
         """``runtime`` replaces the in-process graphs, e.g. by one calling Triton models;
         ``providers`` are ONNX Runtime execution providers (default: CPU), e.g. TensorRT and
         CUDA with their options on the GPU target."""
@@ -178,6 +180,7 @@ class ReportGenerator:
         self.onnx = runtime
         self.variant = variant
         self.safety_net = SafetyNet.load(folder / CALIBRATION_FILE, self.info.labels)
+        self.guard = guard  # v2 only: see guard.py
 
     def generate(self, images: Sequence[np.ndarray], box_threshold: float = 0.5,
                  contexts: Sequence[ClinicalContext | None] | None = None,
@@ -197,14 +200,14 @@ class ReportGenerator:
         """Drafts for model inputs (B, 1, S, S) that were preprocessed elsewhere.
 
         Without letterboxes, boxes stay in model-input pixels. ``contexts`` (optional, per
-        image) are the request's clinical indication, age and sex for v2 models.
+        image) are the request's clinical indication, age and sex for v2 models. The
+        reports are those ``stream_prepared`` streams, collected.
         """
-        letterboxes = self._checked(batch, letterboxes)
-        encoded, safety, prompt = self._encode(batch, contexts)
-        ids, maps = self.onnx.greedy_from_memory(encoded.memory_kv, prompt=prompt)
-        return [self._draft(ids[i], maps[i], encoded.label_probs[i], letterboxes[i],
-                            box_threshold, safety[i])
-                for i in range(len(batch))]
+        drafts: dict[int, DraftReport] = {}
+        for event in self.stream_prepared(batch, letterboxes, box_threshold, contexts):
+            if isinstance(event, ReportDecoded):
+                drafts[event.item] = event.report
+        return [drafts[i] for i in range(len(batch))]
 
     def _encode(self, batch: np.ndarray, contexts: Sequence[ClinicalContext | None] | None,
                 ) -> tuple[EncoderOutput, list[StudySafety], np.ndarray | None]:
@@ -246,12 +249,12 @@ class ReportGenerator:
         """
         letterboxes = self._checked(batch, letterboxes)
         encoded, safety, prompt = self._encode(batch, contexts)
-        reports = [_GrowingReport(letterbox, s) for letterbox, s in zip(letterboxes, safety,
-                                                                         strict=True)]
+        reports = [_GrowingReport(letterbox, s, self._guard(s, prompt))
+                   for letterbox, s in zip(letterboxes, safety, strict=True)]
         ends = (self.onnx.eos_id, self.onnx.pad_id)
         for step in self.onnx.greedy_steps(encoded.memory_kv, prompt=prompt):
             for item, report in enumerate(reports):
-                if report.finished:
+                if report.finished or report.diverted:
                     continue
                 token = int(step.tokens[item])
                 if not report.ended:
@@ -262,14 +265,44 @@ class ReportGenerator:
                         report.words.append(self.tokenizer.id_to_token(token))
                         report.attention.append(step.attention[item])
                 yield from self._new_sentences(item, report, box_threshold)
-                if step.finished[item]:
+                if step.finished[item] and not report.diverted:
+                    if report.guard and report.guard.missing(s.text for s in report.sentences):
+                        report.diverted = True  # a finding the head found is unstated
+                        continue
                     report.finished = True
                     yield self._report_decoded(item, report, encoded)
         for item, report in enumerate(reports):
-            if not report.finished:  # cut at max_len
+            if report.diverted:
+                assert prompt is not None
+                yield from self._guarded(item, report, encoded, prompt[item], box_threshold)
+            elif not report.finished:  # cut at max_len
                 report.ended = True
                 yield from self._new_sentences(item, report, box_threshold)
                 yield self._report_decoded(item, report, encoded)
+
+    def _guard(self, safety: StudySafety, prompt: np.ndarray | None) -> FindingsGuard | None:
+        """The findings guard of a prompted (v2) report, unless turned off."""
+        if prompt is None or not self.guard:
+            return None
+        return FindingsGuard(frozenset(safety.findings_present))
+
+    def _guarded(self, item: int, report: _GrowingReport, encoded: EncoderOutput,
+                 prompt: np.ndarray, box_threshold: float,
+                 ) -> Iterator[SentenceDecoded | ReportDecoded]:
+        """The rest of a report that broke a guard rule, decoded alone under the guard from
+        its last accepted sentence; the sentences already streamed stay as they are."""
+        assert report.guard is not None
+        end = report.accepted_end
+        done = guarded_decode(self.onnx, self.tokenizer,
+                              encoded.memory_kv[:, :, item : item + 1], prompt.tolist(),
+                              report.guard,
+                              GuardedReport(report.ids[:end], report.attention[:end]))
+        report.ids, report.attention = done.ids, done.attention
+        report.words = self.tokenizer.tokens(done.ids)
+        report.ended, report.diverted, report.guard = True, False, None
+        yield from self._new_sentences(item, report, box_threshold)
+        report.finished = True
+        yield self._report_decoded(item, report, encoded)
 
     def _new_sentences(self, item: int, report: _GrowingReport, box_threshold: float,
                        ) -> Iterator[SentenceDecoded]:
@@ -278,7 +311,11 @@ class ReportGenerator:
         for span in spans[len(report.sentences):]:
             sentence = self._sentence(words, np.stack(report.attention[span.start : span.end]),
                                       span, report.letterbox, box_threshold)
+            if report.guard is not None and report.guard.contradicts(sentence.text):
+                report.diverted = True  # held back: the guard decodes it again
+                return
             report.sentences.append(sentence)
+            report.accepted_end = span.end
             yield SentenceDecoded(item, len(report.sentences) - 1, sentence)
 
     def _report_decoded(self, item: int, report: _GrowingReport,
@@ -294,15 +331,6 @@ class ReportGenerator:
         (heatmap,) = sentence_maps(tokens, attention, [(0, len(tokens))])
         return ReportSentence(detokenize(tokens, self.tokenizer.truecase), span.section,
                               heatmap, map_boxes(heatmap, letterbox, box_threshold))
-
-    def _draft(self, ids: np.ndarray, maps: np.ndarray, probs: np.ndarray,
-               letterbox: Letterbox, box_threshold: float, safety: StudySafety) -> DraftReport:
-        length = _length(ids, self.onnx.eos_id, self.onnx.pad_id)
-        token_ids = [int(i) for i in ids[:length]]
-        words = self.tokenizer.tokens(token_ids)
-        sentences = [self._sentence(words, maps[s.start : s.end], s, letterbox, box_threshold)
-                     for s in report_spans(words)]
-        return self._report(token_ids, sentences, probs, letterbox, safety)
 
     def _report(self, token_ids: list[int], sentences: list[ReportSentence], probs: np.ndarray,
                 letterbox: Letterbox, safety: StudySafety) -> DraftReport:
@@ -325,12 +353,15 @@ class _GrowingReport:
 
     letterbox: Letterbox
     safety: StudySafety
+    guard: FindingsGuard | None = None  # v2: the text must state the head's findings
     ids: list[int] = field(default_factory=list)  # generated, up to its end (EOS or PAD)
     words: list[str] = field(default_factory=list)
     attention: list[np.ndarray] = field(default_factory=list)  # a (N,) row per token
     sentences: list[ReportSentence] = field(default_factory=list)  # final ones, in order
     ended: bool = False  # its end token seen (later tokens are not part of the report)
     finished: bool = False  # EOS seen: its ReportDecoded is out
+    diverted: bool = False  # broke a guard rule: decoded again alone after the batch
+    accepted_end: int = 0  # ids up to the end of the last sentence streamed
 
 
 def _length(ids: np.ndarray, eos_id: int, pad_id: int) -> int:
