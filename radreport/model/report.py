@@ -364,13 +364,5 @@ class _GrowingReport:
     accepted_end: int = 0  # ids up to the end of the last sentence streamed
 
 
-def _length(ids: np.ndarray, eos_id: int, pad_id: int) -> int:
-    """Generated tokens before EOS (or before padding, for a report cut at max_len)."""
-    for i, token in enumerate(ids.tolist()):
-        if token in (eos_id, pad_id):
-            return i
-    return len(ids)
-
-
 def _section_text(sentences: Sequence[ReportSentence], section: str) -> str:
     return " ".join(s.text for s in sentences if s.section == section)
