@@ -83,6 +83,7 @@ class OptimConfig:
     eval_every_epoch: int = 1
     checkpoint_dir: str = ""  # relative to the run directory; "" = the run directory
     device: str = "auto"
+    bn_batches: int = 50  # training batches that recompute BatchNorm statistics each epoch
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,34 @@ def train_step(model: RadReportModel, batch: Example, optimizer: torch.optim.Opt
 
 def _parts(loss: Tensor, parts: dict[str, Tensor]) -> dict[str, float]:
     return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: RadReportModel, loader: Iterable[Example], device: torch.device,
+                          batches: int) -> None:
+    """Running BatchNorm statistics as the plain mean over ``batches`` training batches.
+
+    During training the running statistics are a fast moving average that lags behind
+    weights that are still moving (at lr 1e-3 it measurably did: v2's validation label
+    BCE was 0.42 with them and 0.08 with batch statistics), and evaluation, export and
+    serving use them. Recomputing them with the final weights fixes that. A no-op for
+    models without BatchNorm (v1).
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for i, batch in enumerate(loader):
+        if i == batches:
+            break
+        model.encode(to_device(batch, device)["images"])
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
 
 
 @torch.no_grad()
@@ -564,6 +593,9 @@ def _epoch(trainer: Trainer, ckpt_dir: Path, log: MetricsLog, progress: bool) ->
     row.update({f"train_{k}": v for k, v in train_parts.items()})
     every = max(1, trainer.config.train.eval_every_epoch)
     final = trainer.state.epoch == trainer.config.train.epochs
+    recalibrate_batchnorm(trainer.model, make_loader(trainer.train_set, trainer.config,
+                                                     shuffle_seed=7_919 + trainer.state.epoch),
+                          trainer.device, trainer.config.train.bn_batches)
     if trainer.state.epoch % every == 0 or final:
         loader = make_loader(trainer.val_set, trainer.config, shuffle_seed=None)
         val = evaluate(trainer.model, loader, trainer.device, trainer.amp_dtype)

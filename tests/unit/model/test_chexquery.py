@@ -162,3 +162,25 @@ def test_export_generates_from_the_prompt(tokenizer: ReportTokenizer, tmp_path: 
     draft = generator.generate([image])[0]
     assert draft.safety is not None and draft.safety.ood_score is None  # not calibrated
     assert all(i < 4 or i >= 46 for i in draft.token_ids)
+
+
+def test_batchnorm_statistics_are_recomputed_from_training_batches(
+        tokenizer: ReportTokenizer, batch: dict[str, torch.Tensor]) -> None:
+    """Lagging running statistics are replaced by the training batches' own."""
+    from radreport.model.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = RadReportModel(v2_config(tokenizer.vocab_size))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.fill_(3.0)  # as stale as a fast-moving average can get
+    images = batch["images"]
+    with torch.no_grad():
+        batch_stats = model.train().encode(images).label_logits
+        stale = model.eval().encode(images).label_logits
+    recalibrate_batchnorm(model, [batch], torch.device("cpu"), batches=1)
+    assert not model.training
+    with torch.no_grad():
+        fresh = model.encode(images).label_logits
+    assert (stale - batch_stats).abs().max() > 10 * (fresh - batch_stats).abs().max()
+    torch.testing.assert_close(fresh, batch_stats, atol=2e-3, rtol=0)
