@@ -22,7 +22,10 @@ from scipy.special import expit, logit
 
 from radreport.data.labels import CHEXPERT_LABELS, CRITICAL_LABELS
 
-LOG_T_BOUNDS = (-3.0, 3.0)  # T in [0.05, 20]: wider is never a calibration, it is a bug
+# T in [0.25, 20]. Below 0.25 a label the head separates perfectly on validate would be
+# sharpened towards 0 and 1 without limit (the NLL falls forever), saturating the
+# probabilities a test study needs to be compared with a threshold at all.
+LOG_T_BOUNDS = (float(np.log(0.25)), 3.0)
 NO_POSITIVES_THRESHOLD = 0.5  # nothing on validate to choose from: the uncalibrated default
 BISECTION_STEPS = 40
 
@@ -118,8 +121,13 @@ def f1_threshold(probs: np.ndarray, targets: np.ndarray) -> float:
         return NO_POSITIVES_THRESHOLD
     cuts = np.unique(p)
     tp, fp, _, fn = _confusion(p, y, cuts)
-    best = int(np.argmax(2 * tp / (2 * tp + fp + fn)))
-    return float(cuts[best] if best == 0 else (cuts[best - 1] + cuts[best]) / 2)
+    return _with_margin(cuts, int(np.argmax(2 * tp / (2 * tp + fp + fn))))
+
+
+def _with_margin(cuts: np.ndarray, index: int) -> float:
+    """Halfway from ``cuts[index]`` to the next lower cut: the same validate decisions,
+    with a margin for test studies that fall just short of the validate ones."""
+    return float(cuts[index] if index == 0 else (cuts[index - 1] + cuts[index]) / 2)
 
 
 def sensitivity_threshold(probs: np.ndarray, targets: np.ndarray, sensitivity: float = 0.99,
@@ -129,7 +137,8 @@ def sensitivity_threshold(probs: np.ndarray, targets: np.ndarray, sensitivity: f
     The specificity floor wins: if that threshold's specificity is below
     ``min_specificity``, the lowest threshold reaching the floor is returned instead (the
     most sensitive one the floor allows), so a weak head cannot call everything present.
-    Candidates are the unique probabilities and 1.0. No positives: 0.5.
+    Candidates are the unique probabilities and 1.0; the threshold returned lies halfway
+    to the next lower one (``_with_margin``). No positives: 0.5.
     """
     p, y = _binary_pair(probs, targets)
     if not y.any():
@@ -140,9 +149,9 @@ def sensitivity_threshold(probs: np.ndarray, targets: np.ndarray, sensitivity: f
     t = int(np.flatnonzero(reaches).max())  # the lowest cut keeps every positive: never empty
     n_neg = int(tn[t] + fp[t])
     if n_neg == 0 or tn[t] >= min_specificity * n_neg - 1e-9:
-        return float(cuts[t])
+        return _with_margin(cuts, t)
     floor = np.flatnonzero(tn >= min_specificity * n_neg - 1e-9)
-    return float(cuts[floor.min()]) if floor.size else 1.0
+    return _with_margin(cuts, int(floor.min())) if floor.size else 1.0
 
 
 def uncertain_band(probs: np.ndarray, targets: np.ndarray, threshold: float,

@@ -67,7 +67,8 @@ def test_sensitivity_threshold_is_the_highest_reaching_the_sensitivity() -> None
     t = sensitivity_threshold(probs, targets, sensitivity=0.99, min_specificity=0.9)
     recall, specificity = recall_specificity(probs, targets, t)
     assert recall >= 0.99 and specificity >= 0.9
-    next_up = probs[probs > t].min()
+    chosen, next_up = np.sort(probs[probs > t])[:2]  # t sits halfway below the cut
+    assert t > probs[probs < chosen].max()  # same validate decisions as the cut itself
     assert recall_specificity(probs, targets, next_up)[0] < 0.99
 
 
