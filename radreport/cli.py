@@ -281,7 +281,9 @@ def fit_safety_command(
     train: Annotated[int, typer.Option(min=50, help="Train-split studies for the OOD fit.")
                      ] = 2000,
     critical_sensitivity: Annotated[float, typer.Option(
-        min=0.5, max=1.0, help="Sensitivity each critical label's threshold reaches.")] = 0.99,
+        min=0.5, max=1.0, help="Validate sensitivity each critical label's threshold reaches "
+        "(1.0: every validate positive, unless the 0.90 specificity floor forbids it).")
+    ] = 1.0,
     max_review_rate: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Cap on validate studies with an uncertain critical finding.")
     ] = 0.15,

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from radreport.data.phantoms.generator import generate_study
-from radreport.model.report import DEFAULT_MODEL_DIR, VARIANTS, ReportGenerator, Variant
+from radreport.model.report import (
+    DEFAULT_MODEL_DIR,
+    VARIANTS,
+    ReportGenerator,
+    Variant,
+    model_files,
+)
 
 
 def time_calls(generator: ReportGenerator, images: Sequence[np.ndarray], repeats: int,
@@ -42,6 +48,9 @@ def run(model_dir: Path = DEFAULT_MODEL_DIR, variants: Sequence[Variant] = VARIA
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores; model {model_dir}; "
              f"threads {threads or 'ORT default'}"]
     for variant in variants:
+        if not all(path.is_file() for path in model_files(model_dir, variant)):
+            lines.append(f"  {variant:5s} not in this model folder")
+            continue
         generator = ReportGenerator(model_dir, variant, threads=threads)
         for label, images in (("1 study, 512 px", small[:1]), ("1 study, 2048 px", large),
                               ("batch of 8, 512 px", small)):

@@ -1,7 +1,11 @@
 """``radreport fit-safety``: calibrate a model folder's head and OOD gate on phantoms.
 
 Everything is fitted on data the test split never touches:
-- temperatures, decision thresholds and uncertain bands on the validate split;
+- temperatures, decision thresholds and uncertain bands on the validate split. A critical
+  label's threshold keeps every validate positive by default (unless that breaks the 0.90
+  specificity floor): a 0.99 target let a near-perfect label's threshold climb into the
+  saturated top of the probabilities (0.99991 for effusion), where a test positive a hair
+  weaker is missed;
 - the out-of-distribution scorer's mean and covariance on training-split features, its
   threshold on the validate split (the score quantile that flags ``ood_flag_rate`` of
   in-distribution studies).
@@ -80,7 +84,7 @@ class SafetyFit:
 
 
 def fit_safety(model_dir: str | Path, validate_count: int = 1000, train_count: int = 2000,
-               workers: int = 1, critical_sensitivity: float = 0.99,
+               workers: int = 1, critical_sensitivity: float = 1.0,
                min_specificity: float = 0.9, max_review_rate: float = 0.2,
                ood_flag_rate: float = 0.01) -> SafetyFit:
     """Fit and write ``calibration.json`` into ``model_dir``; see the module docstring."""
