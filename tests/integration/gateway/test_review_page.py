@@ -4,13 +4,12 @@ overlay, edit, sign, and find the FHIR report final. Screenshots go to var/scree
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from gateway_helpers import post_study
-from playwright.sync_api import Page, expect, sync_playwright
+from gateway_helpers import chromium_page, post_study
+from playwright.sync_api import Page, expect
 
 from radreport.serving.tritonserver import PROJECT_ROOT
 from radreport.stack import LocalStack
@@ -26,15 +25,8 @@ def report_id(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> st
 
 @pytest.fixture
 def page() -> Iterator[Page]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed: run `make setup` (Debian package chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium,
-                                             args=["--no-sandbox", "--disable-gpu"])
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        yield context.new_page()
-        browser.close()
+    with chromium_page() as page:
+        yield page
 
 
 def _shot(page: Page, name: str) -> None:

@@ -8,14 +8,14 @@ the uncertain findings.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, Route, expect, sync_playwright
+from gateway_helpers import chromium_page
+from playwright.sync_api import Page, Route, expect
 
 from services.common.schemas import ReportPublic, ReportStatus, StructuredFinding
 from services.gateway.main import REVIEW_CSP, STATIC
@@ -62,19 +62,12 @@ def _serve(report: dict[str, Any]) -> Any:
 
 @pytest.fixture
 def browser_page() -> Iterator[tuple[Page, list[str]]]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed: run `make setup` (Debian package chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium,
-                                             args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    with chromium_page() as page:
         page.add_init_script("sessionStorage.setItem('radreport-token', 'token')")
         problems: list[str] = []
         page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda err: problems.append(str(err)))
         yield page, problems
-        browser.close()
 
 
 def test_an_out_of_distribution_report_is_flagged(browser_page: tuple[Page, list[str]],
