@@ -15,6 +15,9 @@ Graph I/O (L decoder layers, h heads, d head width, N patches, V vocabulary):
   M = N patches, plus v2's fused global token in front. Patch features are not an
   output: the decoder only needs their K/V, and an output that also feeds other nodes
   breaks the FP16 converter's ``keep_io_types`` (``features`` is a copy for that reason).
+  v2 graphs add ``query_maps`` f32 (B, Q, N): the 14 condition and 6 anatomy queries'
+  attention over the patches (last query block, mean of heads), each row summing to 1;
+  a sentence's grounding map is refined with the map of the finding or organ it names.
 - decoder step: ``tokens`` i64 (B, T_new), ``past_kv`` f32 (L, 2, B, h, T_past, d),
   ``memory_kv`` -> ``logits`` f32 (B, T_new, V), ``present_kv`` f32
   (L, 2, B, h, T_past + T_new, d), ``cross_attn`` f32 (B, T_new, N) (mean over heads and
@@ -47,6 +50,7 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
 ENCODER_INPUTS = ["image"]
 ENCODER_OUTPUTS = ["memory_kv", "label_probs", "features"]
+QUERY_MAPS = "query_maps"  # v2 encoders only
 DECODER_INPUTS = ["tokens", "past_kv", "memory_kv"]
 DECODER_OUTPUTS = ["logits", "present_kv", "cross_attn"]
 MIN_OPSET = 17
@@ -59,10 +63,18 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         feats = self.model.encode(image)
         memory_kv = stack_kv(self.model.memory_kv(feats.memory))
-        return memory_kv, torch.sigmoid(feats.label_logits), feats.pooled * 1.0
+        outputs = (memory_kv, torch.sigmoid(feats.label_logits), feats.pooled * 1.0)
+        if feats.query_attn is None:
+            return outputs
+        return (*outputs, feats.query_attn * 1.0)
+
+
+def encoder_outputs(model: RadReportModel) -> list[str]:
+    """The encoder graph's output names: v2 (query) models add ``query_maps``."""
+    return ENCODER_OUTPUTS + ([QUERY_MAPS] if model.config.arch == "chexquery" else [])
 
 
 class DecoderStepGraph(nn.Module):
@@ -112,9 +124,10 @@ def _example_image(model: RadReportModel, batch: int) -> Tensor:
 
 def _export_encoder(model: RadReportModel, path: Path, opset: int) -> Path:
     axes = {"image": {0: "batch"}, "memory_kv": {2: "batch"}, "label_probs": {0: "batch"},
-            "features": {0: "batch"}}
+            "features": {0: "batch"}, QUERY_MAPS: {0: "batch"}}
+    outputs = encoder_outputs(model)
     _export(EncoderGraph(model), (_example_image(model, 2),), path, opset,
-            ENCODER_INPUTS, ENCODER_OUTPUTS, axes)
+            ENCODER_INPUTS, outputs, {k: v for k, v in axes.items() if k in [*outputs, "image"]})
     _finish(path, model)
     return path
 
@@ -165,6 +178,32 @@ def _finish(path: Path, model: RadReportModel) -> None:
     onnx.helper.set_model_props(proto, {k: str(v) for k, v in meta.items()})
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
+
+
+def add_query_maps_output(src: str | Path, dst: str | Path | None = None) -> Path:
+    """Expose ``query_maps`` on a v2 encoder graph exported before it was an output.
+
+    The last query block's softmax (B, heads, Q, N) is in every such graph, feeding the
+    queries' read-out; its mean over heads is what ``EncoderGraph`` now returns. Graphs
+    that already have the output are written unchanged.
+    """
+    proto = onnx.load(str(src))
+    graph = proto.graph
+    if QUERY_MAPS not in {o.name for o in graph.output}:
+        softmaxes = [n for n in graph.node if n.op_type == "Softmax"
+                     and n.name.startswith("/encoder/blocks.") and "self_attn" not in n.name]
+        if not softmaxes:
+            raise ValueError(f"{src} has no query attention (not a v2 encoder)")
+        last = max(softmaxes, key=lambda n: int(n.name.split(".")[1].split("/")[0]))
+        graph.node.append(onnx.helper.make_node(
+            "ReduceMean", [last.output[0]], [QUERY_MAPS], axes=[1], keepdims=0,
+            name="/query_maps/ReduceMean"))
+        graph.output.append(onnx.helper.make_tensor_value_info(
+            QUERY_MAPS, onnx.TensorProto.FLOAT, ["batch", None, None]))
+        onnx.checker.check_model(proto, full_check=True)
+    out = Path(dst or src)
+    onnx.save(proto, str(out))
+    return out
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:

@@ -28,6 +28,7 @@ class EncoderOutput:
     memory_kv: np.ndarray  # (L, 2, B, h, M, d) float32
     label_probs: np.ndarray  # (B, n_labels) float32
     features: np.ndarray | None = None  # (B, C) float32; None for graphs before v2
+    query_maps: np.ndarray | None = None  # (B, Q, N) float32, v2: condition/anatomy maps
 
 
 @dataclass
@@ -61,7 +62,7 @@ class OnnxReportModel:
         outputs = dict(zip(self._encoder_outputs, self.encoder.run(
             None, {"image": np.ascontiguousarray(images, dtype=np.float32)}), strict=True))
         return EncoderOutput(outputs["memory_kv"], outputs["label_probs"],
-                             outputs.get("features"))
+                             outputs.get("features"), outputs.get("query_maps"))
 
     def step(self, tokens: np.ndarray, past_kv: np.ndarray,
              memory_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

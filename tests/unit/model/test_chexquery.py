@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from torch.utils.data import default_collate
@@ -148,6 +149,8 @@ def test_export_generates_from_the_prompt(tokenizer: ReportTokenizer, tmp_path: 
                                atol=1e-5)
     assert encoded.features is not None
     np.testing.assert_allclose(encoded.features, feats.pooled.numpy(), atol=1e-5)
+    assert encoded.query_maps is not None and feats.query_attn is not None
+    np.testing.assert_allclose(encoded.query_maps, feats.query_attn.numpy(), atol=1e-5)
     prompt = np.array([tokenizer.encode_prompt([False] * 14)])
     ids, _ = generator.onnx.greedy_from_memory(encoded.memory_kv, prompt=prompt, max_len=5)
     with torch.no_grad():
@@ -162,6 +165,35 @@ def test_export_generates_from_the_prompt(tokenizer: ReportTokenizer, tmp_path: 
     draft = generator.generate([image])[0]
     assert draft.safety is not None and draft.safety.ood_score is None  # not calibrated
     assert all(i < 4 or i >= 46 for i in draft.token_ids)
+
+
+def test_query_maps_are_added_to_encoders_exported_without_them(
+        tokenizer: ReportTokenizer, tmp_path: Path) -> None:
+    """A folder exported before ``query_maps`` was an output gets the same maps."""
+    import onnx
+
+    from radreport.model.export import QUERY_MAPS, add_query_maps_output
+
+    torch.manual_seed(1)
+    model = RadReportModel(v2_config(tokenizer.vocab_size)).eval()
+    tokenizer.save(tmp_path / "tokenizer.json")
+    write_model_folder(model.checkpoint(), tmp_path / "tokenizer.json", tmp_path / "m", "v", "0")
+    encoder = tmp_path / "m" / "encoder.onnx"
+    proto = onnx.load(str(encoder))
+    old = [o for o in proto.graph.output if o.name != QUERY_MAPS]
+    del proto.graph.output[:]
+    proto.graph.output.extend(old)
+    for node in proto.graph.node:  # as before: the maps fed nothing and had no name
+        node.output[:] = [f"{o}_dead" if o == QUERY_MAPS else o for o in node.output]
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    add_query_maps_output(tmp_path / "old.onnx")
+    image = np.random.default_rng(1).random((2, 1, 64, 64), dtype=np.float32)
+    maps = [ort.InferenceSession(str(p)).run([QUERY_MAPS], {"image": image})[0]
+            for p in (encoder, tmp_path / "old.onnx")]
+    np.testing.assert_allclose(maps[1], maps[0], atol=1e-6)
+    assert maps[0].shape == (2, 20, 16) and np.allclose(maps[0].sum(-1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="not a v2 encoder"):
+        add_query_maps_output(tmp_path / "m" / "decoder_step.onnx", tmp_path / "x.onnx")
 
 
 def test_batchnorm_statistics_are_recomputed_from_training_batches(
