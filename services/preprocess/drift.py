@@ -34,12 +34,17 @@ def reference(model_dir: Path = DEFAULT_MODEL_DIR) -> np.ndarray | None:
     return np.asarray(json.loads(path.read_text())["histogram"], dtype=np.float64)
 
 
-def make_reference(count: int = 64, size: int = 256) -> dict[str, object]:
-    """The reference of the training split: ``size`` px model inputs of ``count`` phantoms."""
+def make_reference(count: int = 64, size: int | None = None) -> dict[str, object]:
+    """The reference of the training split: ``size`` px model inputs of ``count`` phantoms.
+
+    ``size`` defaults to the shipped model's input size (``model.json``).
+    """
     from radreport.data.phantoms.generator import generate_study
     from radreport.eval.evaluate import split_seeds
-    from radreport.model.report import to_model_input
+    from radreport.model.report import ModelInfo, to_model_input
 
+    if size is None:
+        size = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json").image_size
     total = np.zeros(BINS)
     for seed in split_seeds("train", count):
         model_input, _ = to_model_input(generate_study(seed).image, size)

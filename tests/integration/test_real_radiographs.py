@@ -1,4 +1,4 @@
-"""The v2 model candidate on real radiographs it never saw: the OOD gate must say so.
+"""The shipped model (v2) on real radiographs it never saw: the OOD gate must say so.
 
 The model is trained on synthetic phantoms only. pydicom-data ships two real computed
 radiographs: a PA chest CR (RG1) and an extremity CR (RG3). Both are decoded as the
@@ -21,15 +21,11 @@ from radreport.model.report import DEFAULT_MODEL_DIR, DraftReport, ReportGenerat
 from radreport.model.safety import OOD_REASON, model_review_reasons
 from services.preprocess.imaging import check_chest_radiograph, load_image, prepare_for_model
 
-# The model v2 candidate (issue 15); the shipped default moves to it in a later step.
-V2_CANDIDATE_DIR = DEFAULT_MODEL_DIR.parent / "v2"
-
-
 @pytest.fixture(scope="module")
 def generator() -> ReportGenerator:
-    generator = ReportGenerator(V2_CANDIDATE_DIR)
+    generator = ReportGenerator(DEFAULT_MODEL_DIR)
     if generator.safety_net.ood is None:
-        pytest.fail("the v2 candidate has no OOD gate (calibration.json)")
+        pytest.fail("the shipped model has no OOD gate (calibration.json)")
     return generator
 
 
