@@ -2,7 +2,9 @@
 
 Every ``config.pbtxt`` is parsed with Triton's own model-config protobuf schema (compiled in
 tritonclient), and a TensorRT model's inputs and outputs are compared with the ONNX graph its
-engine is built from: names, data types and every fixed dimension.
+engine is built from: names, data types and every fixed dimension. The report models' image
+input and label output must fit the model folder (``model.json``), and the TensorRT
+optimization profiles of the GPU report models must fit its graphs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from radreport.model.report import ModelInfo, model_files
+from radreport.serving.backend_config import execution_providers
 from radreport.serving.tritonserver import DEFAULT_REPOSITORY, PROJECT_ROOT
 
 TARGETS = {"cpu": DEFAULT_REPOSITORY, "gpu": PROJECT_ROOT / "deploy" / "triton" / "gpu"}
@@ -55,6 +59,63 @@ def io_problems(config: model_config_pb2.ModelConfig, graph: onnx.ModelProto) ->
     return problems
 
 
+def report_io_problems(config: model_config_pb2.ModelConfig, info: ModelInfo) -> list[str]:
+    """A report model's ``image`` input and ``label_probs`` output against the model folder:
+    one letterboxed square of the model's input size, one probability per label."""
+    problems: list[str] = []
+    size = info.image_size
+    for tensor, expected in ((next((t for t in config.input if t.name == "image"), None),
+                              [1, size, size]),
+                             (next((t for t in config.output if t.name == "label_probs"), None),
+                              [len(info.labels)])):
+        if tensor is not None and list(tensor.dims) != expected:
+            problems.append(f"{config.name}.{tensor.name}: dims {list(tensor.dims)} do not "
+                            f"match the model's {expected}")
+    return problems
+
+
+def _graph_inputs(graph: onnx.ModelProto) -> dict[str, list[int]]:
+    """Each input's dims, -1 where the graph leaves one free."""
+    return {t.name: [d.dim_value if d.HasField("dim_value") else -1
+                     for d in t.type.tensor_type.shape.dim] for t in graph.graph.input}
+
+
+def profile_problems(config: model_config_pb2.ModelConfig, encoder: onnx.ModelProto,
+                     decoder: onnx.ModelProto) -> list[str]:
+    """The TensorRT execution provider's optimization profiles of a report model against
+    the graphs: every named input exists with its rank and fixed dims, and the largest
+    profile holds a whole decode (``max_len`` positions: the prompt, BOS and the report)."""
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    if "execution_providers" not in params:
+        return []
+    graphs = {**_graph_inputs(encoder), **_graph_inputs(decoder)}
+    max_len = int({p.key: p.value for p in decoder.metadata_props}.get("max_len", 0))
+    problems: list[str] = []
+    for provider in execution_providers(params):
+        if isinstance(provider, str):
+            continue
+        for key, value in provider[1].items():
+            if not (key.startswith("trt_profile_") and key.endswith("_shapes")):
+                continue
+            for entry in value.split(","):
+                name, _, shape = entry.partition(":")
+                dims = [int(d) for d in shape.split("x")]
+                if name not in graphs:
+                    problems.append(f"{config.name} {key}: no graph input {name!r}")
+                    continue
+                graph_dims = graphs[name]
+                if len(dims) != len(graph_dims) or any(
+                        g != -1 and d != g for d, g in zip(dims, graph_dims, strict=False)):
+                    problems.append(f"{config.name} {key}: {name} {dims} does not match "
+                                    f"ONNX {graph_dims}")
+                elif key == "trt_profile_max_shapes" and max_len and (
+                        (name == "tokens" and dims[1] < max_len - 1)
+                        or (name == "past_kv" and dims[4] < max_len - 1)):
+                    problems.append(f"{config.name} {key}: {name} {dims} cannot hold a "
+                                    f"decode of {max_len} positions")
+    return problems
+
+
 def same_io(config: model_config_pb2.ModelConfig,
             reference: model_config_pb2.ModelConfig) -> list[str]:
     """A model's inputs and outputs against the CPU target's: clients see one interface."""
@@ -89,6 +150,9 @@ def layout(target: str, out: Path) -> list[Path]:
 def check_target(target: str, model_dir: Path) -> list[str]:
     """Problems of every config of a target; graph models checked against their ONNX."""
     problems: list[str] = []
+    info = ModelInfo.load(model_dir / "model.json")
+    encoder_path, decoder_path = model_files(model_dir)
+    graphs = (onnx.load(str(encoder_path)), onnx.load(str(decoder_path)))
     for path in sorted(TARGETS[target].glob("*/config.pbtxt")):
         try:
             config = parse_config(path)
@@ -100,6 +164,9 @@ def check_target(target: str, model_dir: Path) -> list[str]:
         cpu_config = DEFAULT_REPOSITORY / config.name / "config.pbtxt"
         if config.backend == "python" and target != "cpu" and cpu_config.is_file():
             problems += same_io(config, parse_config(cpu_config))
+        if config.max_batch_size > 0:  # the report models: one image per batch row
+            problems += report_io_problems(config, info)
+        problems += profile_problems(config, *graphs)
         graph = model_dir / f"{config.name}.onnx"
         if graph.is_file():  # an engine or a stand-in for one: must match its graph
             problems += io_problems(config, onnx.load(str(graph)))

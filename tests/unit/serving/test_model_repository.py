@@ -4,6 +4,7 @@ ONNX graphs their engines are built from, and the CPU report model matches the s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import onnx
@@ -20,6 +21,8 @@ from radreport.serving.repository import (
     io_problems,
     layout,
     parse_config,
+    profile_problems,
+    report_io_problems,
     same_io,
 )
 
@@ -46,7 +49,10 @@ def test_gpu_target_is_tensorrt_on_the_gpu() -> None:
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     trt_options = providers[0][1]
     assert trt_options["trt_fp16_enable"] == "True"
-    assert "tokens:4x144" in trt_options["trt_profile_max_shapes"]
+    info = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json")
+    size = info.image_size
+    assert f"image:4x1x{size}x{size}" in trt_options["trt_profile_max_shapes"]
+    assert "tokens:4x176" in trt_options["trt_profile_max_shapes"]  # the prompt, BOS, report
 
 
 def test_gpu_report_model_keeps_the_cpu_interface() -> None:
@@ -134,3 +140,51 @@ def test_report_models_take_an_optional_clinical_context(target: str, model: str
     context = inputs["context_json"]
     assert context.optional  # DICOM pushes and v1 clients send none
     assert context.data_type == model_config_pb2.TYPE_STRING and list(context.dims) == [1]
+
+
+def test_bls_report_model_takes_the_clinical_context_too() -> None:
+    config = parse_config(TARGETS["cpu"] / "radreport_report_bls" / "config.pbtxt")
+    assert [(i.name, i.optional) for i in config.input] == [("image", False),
+                                                            ("context_json", True)]
+
+
+def test_encoder_configs_serve_every_output_of_the_graph() -> None:
+    graph = onnx.load(str(model_files(DEFAULT_MODEL_DIR)[0]))
+    for target in TARGETS.values():
+        config = parse_config(target / "encoder" / "config.pbtxt")
+        assert [o.name for o in config.output] == [o.name for o in graph.graph.output]
+        assert {o.name: list(o.dims) for o in config.output}["query_maps"] == [-1, 20, 576]
+
+
+def test_a_report_model_of_another_input_size_is_reported() -> None:
+    info = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json")
+    config = parse_config(TARGETS["cpu"] / "radreport_report_stream" / "config.pbtxt")
+    assert report_io_problems(config, info) == []
+    config.input[0].dims[1:] = [256, 256]  # the input size of model v1
+    assert report_io_problems(config, info) == [
+        f"radreport_report_stream.image: dims [1, 256, 256] do not match the model's "
+        f"[1, {info.image_size}, {info.image_size}]"]
+
+
+def test_tensorrt_profiles_that_do_not_fit_the_graphs_are_reported() -> None:
+    encoder, decoder = (onnx.load(str(p)) for p in model_files(DEFAULT_MODEL_DIR))
+    config = parse_config(TARGETS["gpu"] / "radreport_report" / "config.pbtxt")
+    assert profile_problems(config, encoder, decoder) == []
+    providers = config.parameters["execution_providers"]
+    providers.string_value = (providers.string_value.replace("x577x", "x256x")
+                              .replace("tokens:4x176", "tokens:4x144"))
+    problems = profile_problems(config, encoder, decoder)
+    assert any("memory_kv [3, 2, 1, 4, 256, 32] does not match" in p for p in problems)
+    assert any("tokens [4, 144] cannot hold a decode of 176 positions" in p for p in problems)
+
+
+def test_engine_build_script_profiles_fit_the_shipped_model() -> None:
+    """deploy/triton/build_trt_engines.sh names the sizes trtexec's profiles use."""
+    script = (TARGETS["gpu"].parent / "build_trt_engines.sh").read_text()
+    sizes = dict(re.findall(r"\b(size|memory|len_max)=(\d+)", script))
+    info = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json")
+    decoder = onnx.load(str(model_files(DEFAULT_MODEL_DIR)[1]))
+    meta = {p.key: p.value for p in decoder.metadata_props}
+    memory = next(i for i in decoder.graph.input if i.name == "memory_kv")
+    assert sizes == {"size": str(info.image_size), "len_max": meta["max_len"],
+                     "memory": str(memory.type.tensor_type.shape.dim[4].dim_value)}
