@@ -11,8 +11,8 @@
   BLS request to those two models. It exists to measure what a round trip per token costs
   against the in-process loop (``radreport bench serving``).
 
-Both report models take an optional ``context_json`` input (``radreport.serving.context``):
-each image's clinical indication, age and sex, which v2 models put into the decoder prompt.
+The report models take an optional ``context_json`` input (``radreport.serving.context``):
+each image's clinical indication, age and sex, which the model puts into its decoder prompt.
 A request whose context is malformed gets an error; the others in its batch are served.
 
 Runs only inside tritonserver's Python backend (``triton_python_backend_utils``).
@@ -209,10 +209,11 @@ class BlsRuntime(OnnxReportModel):
     """
 
     def encode(self, images: np.ndarray) -> EncoderOutput:
-        names = [o.name for o in self.encoder.get_outputs()]  # v2 adds "features"
+        # every output the graph has: v2's are memory_kv, label_probs, features, query_maps
+        names = [o.name for o in self.encoder.get_outputs()]
         outputs = dict(zip(names, bls("encoder", {"image": images}, names), strict=True))
         return EncoderOutput(outputs["memory_kv"], outputs["label_probs"],
-                             outputs.get("features"))
+                             outputs.get("features"), outputs.get("query_maps"))
 
     def step(self, tokens: np.ndarray, past_kv: np.ndarray,
              memory_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,11 +1,12 @@
 """A report request's clinical context on its way to Triton: one JSON object per image.
 
 The indication, age and sex a client sent travel as the optional BYTES input
-``context_json`` of ``radreport_report`` and ``radreport_report_stream``, one row per
-image: ``{"indication": str | null, "age_years": int | null, "sex": "F"|"M"|"O"|"U" | null}``
-or ``null``. The models parse it into :class:`ClinicalContext` for the v2 decoder prompt
-(v1 ignores it). Without the input, or with a ``null`` row, an image has no context: DICOM
-pushes carry none, and the model is trained to work without it.
+``context_json`` of ``radreport_report``, ``radreport_report_stream`` and
+``radreport_report_bls``, one row per image:
+``{"indication": str | null, "age_years": int | null, "sex": "F"|"M"|"O"|"U" | null}`` or
+``null``. The models parse it into :class:`ClinicalContext` for the v2 decoder prompt
+(a v1 model folder ignores it). Without the input, or with a ``null`` row, an image has no
+context: DICOM pushes carry none, and the model is trained to work without it.
 
 Parsing is strict (it is our own client's format) and its errors never echo a value, so
 no patient detail reaches a log or an error response.
