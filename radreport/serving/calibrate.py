@@ -2,8 +2,10 @@
 
 TensorRT's INT8 mode needs a dynamic range per tensor. We collect them with ONNX Runtime's
 calibrator (no GPU needed) by running the FP32 graphs on phantoms of the training split:
-the encoder on the images, the decoder step on the inputs of every greedy step (tokens,
-growing KV cache, encoder memory), as serving feeds it. Two files per graph:
+the encoder on the images, the decoder step on the inputs of every greedy step (the prompt
+and BOS first, then one token at a time with a growing KV cache, and the encoder memory),
+recorded from the report generator serving runs, so the feeds are exactly what serving
+sends. Two files per graph:
 
 - ``calibration.flatbuffers`` (+ ``.json``), ONNX Runtime's table for its TensorRT
   execution provider (``trt_int8_calibration_table_name``): the whole-report model.
@@ -33,8 +35,8 @@ from onnxruntime.quantization.calibrate import (
 from onnxruntime.quantization.quant_utils import write_calibration_table
 
 from radreport.eval.evaluate import render_case, split_seeds
-from radreport.model.onnx_runtime import OnnxReportModel
-from radreport.model.report import ModelInfo, model_files, to_model_input
+from radreport.model.onnx_runtime import EncoderOutput, OnnxReportModel
+from radreport.model.report import ModelInfo, ReportGenerator, model_files, to_model_input
 
 # TensorRT checks only that a cache names its calibrator; 10.x writes this header.
 TRT_CACHE_HEADER = "TRT-100000-EntropyCalibration2"
@@ -56,32 +58,43 @@ class CalibrationFeeds:
     decoder_step: list[Feed]
 
 
-def phantom_feeds(model_dir: Path, count: int, step_stride: int = 4) -> CalibrationFeeds:
-    """Encoder and decoder-step inputs of ``count`` training phantoms, as serving feeds them.
+class _RecordingModel(OnnxReportModel):
+    """The in-process graphs, keeping the inputs of the encoder and of every decoder step."""
 
-    Every ``step_stride``-th greedy step is kept, so short and long caches are both seen.
+    def __init__(self, encoder_path: Path, decoder_path: Path) -> None:
+        super().__init__(encoder_path, decoder_path)
+        self.encoder_feeds: list[Feed] = []
+        self.decoder_feeds: list[Feed] = []
+
+    def encode(self, images: np.ndarray) -> EncoderOutput:
+        self.encoder_feeds.append({"image": np.ascontiguousarray(images, dtype=np.float32)})
+        return super().encode(images)
+
+    def step(self, tokens: np.ndarray, past_kv: np.ndarray,
+             memory_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.decoder_feeds.append({"tokens": tokens.astype(np.int64), "past_kv": past_kv,
+                                   "memory_kv": memory_kv})
+        return super().step(tokens, past_kv, memory_kv)
+
+
+def phantom_feeds(model_dir: Path, count: int, step_stride: int = 4) -> CalibrationFeeds:
+    """Encoder and decoder-step inputs of ``count`` training phantoms, as serving feeds them
+    (one study at a time, through ``ReportGenerator``: the prompt of a prompted model, and
+    the findings guard's steps when it acts).
+
+    Every ``step_stride``-th decoder step of a study is kept, its first (the empty cache)
+    included, so short and long caches are both seen.
     """
     info = ModelInfo.load(model_dir / "model.json")
-    runtime = OnnxReportModel(*model_files(model_dir))
-    images = [to_model_input(render_case(seed).image, info.image_size)[0]
-              for seed in split_seeds("train", count)]
-    encoder_feeds: list[Feed] = []
+    runtime = _RecordingModel(*model_files(model_dir))
+    generator = ReportGenerator(model_dir, runtime=runtime)
     decoder_feeds: list[Feed] = []
-    for image in images:
-        batch = image[None, None].astype(np.float32)
-        encoder_feeds.append({"image": batch})
-        memory_kv = runtime.encode(batch).memory_kv
-        tokens = np.full((1, 1), runtime.bos_id, dtype=np.int64)
-        past = runtime.empty_past(1)
-        for step in range(runtime.max_len):
-            if step % step_stride == 0:
-                decoder_feeds.append({"tokens": tokens, "past_kv": past, "memory_kv": memory_kv})
-            logits, past, _ = runtime.step(tokens, past, memory_kv)
-            next_id = int(logits[0, -1].argmax())
-            if next_id == runtime.eos_id:
-                break
-            tokens = np.array([[next_id]], dtype=np.int64)
-    return CalibrationFeeds(encoder_feeds, decoder_feeds)
+    for seed in split_seeds("train", count):
+        image = to_model_input(render_case(seed).image, info.image_size)[0]
+        runtime.decoder_feeds.clear()
+        generator.generate_prepared(image[None, None].astype(np.float32))
+        decoder_feeds += runtime.decoder_feeds[::step_stride]
+    return CalibrationFeeds(runtime.encoder_feeds, decoder_feeds)
 
 
 def tensor_ranges(graph: Path, feeds: list[Feed],

@@ -46,6 +46,10 @@ def test_decoder_is_calibrated_on_every_cache_length_it_serves(tables: dict[str,
     feeds = phantom_feeds(DEFAULT_MODEL_DIR, 1)
     lengths = [feed["past_kv"].shape[4] for feed in feeds.decoder_step]
     assert lengths[0] == 0 and lengths[-1] > 40  # first step (empty cache) to a long report
+    runtime = OnnxReportModel(*model_files(DEFAULT_MODEL_DIR))
+    first = feeds.decoder_step[0]["tokens"]  # as serving sends it: the prompt, then BOS
+    assert runtime.prompt_len > 0 and first.shape == (1, runtime.prompt_len + 1)
+    assert first[0, -1] == runtime.bos_id
     scales = _cache(tables["decoder_step"])
     assert {"logits", "present_kv", "cross_attn"} <= set(scales)
     assert scales["cross_attn"] * 127 <= 1.0 + 1e-6  # attention weights
