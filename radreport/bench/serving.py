@@ -46,8 +46,9 @@ class Figures:
                 f"{self.reports / self.wall_s:6.1f} reports/s{agree}")
 
 
-def inputs(count: int) -> np.ndarray:
-    return np.stack([to_model_input(generate_study(6_000_000 + i, 512).image, 256)[0]
+def inputs(count: int, size: int) -> np.ndarray:
+    """``count`` phantom studies as ``size`` px model inputs (B, 1, size, size)."""
+    return np.stack([to_model_input(generate_study(6_000_000 + i, 512).image, size)[0]
                      for i in range(count)])[:, None]
 
 
@@ -127,8 +128,8 @@ def repository_without_batching(tmp: Path) -> Path:
 
 
 def run(count: int = 32, checkpoint: Path | None = None) -> list[str]:
-    images = inputs(count)
     generator = ReportGenerator(DEFAULT_MODEL_DIR)
+    images = inputs(count, generator.info.image_size)
     expected = [d.token_ids for d in generator.generate_prepared(images)]
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores; {count} phantom studies, "
              f"greedy, model {generator.info.model_version}"]
