@@ -58,7 +58,7 @@ from services.preprocess.imaging import (
     sniff_format,
 )
 
-SIZE = 256
+SIZE = 384  # the shipped model's input side: smaller studies are flagged small_image
 SEED = 5
 LOSSLESS_WRITER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless,
                             JPEGLSLossless, JPEG2000Lossless]
@@ -359,7 +359,7 @@ def test_a_huge_declared_size_is_refused_before_decoding(tmp_path: Path, study: 
 @pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless])
 def test_a_codestream_larger_than_its_header_is_refused_undecoded(
         tmp_path: Path, study: PhantomStudy, no_decoding: None, syntax: str) -> None:
-    """Codecs allocate what the codestream declares: a 256 px header must not hide more."""
+    """Codecs allocate what the codestream declares: a SIZE px header must not hide more."""
     big = build_dataset(study, _options())
     big.set_pixel_data(np.tile(big.pixel_array, (3, 3)), "MONOCHROME2", 12,
                        generate_instance_uid=False)
@@ -368,7 +368,7 @@ def test_a_codestream_larger_than_its_header_is_refused_undecoded(
     ds.PixelData = big.PixelData
     refused = _refused(_save(ds, tmp_path / "bomb.dcm"))
     assert refused.reason == "corrupt_pixel_data"
-    assert "768x768x1" in str(refused)
+    assert f"{3 * SIZE}x{3 * SIZE}x1" in str(refused)
 
 
 def test_a_codec_panic_is_a_refusal(tmp_path: Path, study: PhantomStudy) -> None:
@@ -488,7 +488,7 @@ def test_quality_flags(tmp_path: Path, study: PhantomStudy) -> None:
     good = load_image(write_study_dicom(study, tmp_path, _options()))
     assert good.quality.poor_reasons == [] and good.quality.dynamic_range > 0.5
     assert (good.quality.width, good.quality.height) == (SIZE, SIZE)
-    flat = quality_of(np.full((300, 400), 0.5, dtype=np.float32))
+    flat = quality_of(np.full((400, 500), 0.5, dtype=np.float32))
     assert flat.poor_reasons == ["low_contrast"] and flat.dynamic_range == 0.0
     small = quality_of(study.image[:200])
     assert small.poor_reasons == ["small_image"]
