@@ -21,6 +21,7 @@ from radreport.model.report import DEFAULT_MODEL_DIR, DraftReport, ReportGenerat
 from radreport.model.safety import OOD_REASON, model_review_reasons
 from services.preprocess.imaging import check_chest_radiograph, load_image, prepare_for_model
 
+
 @pytest.fixture(scope="module")
 def generator() -> ReportGenerator:
     generator = ReportGenerator(DEFAULT_MODEL_DIR)

@@ -61,10 +61,11 @@ def phantom_dicom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _reference_findings(path: Path, context: ClinicalContext | None = None,
                         ) -> tuple[str, str]:
     """What the shipped model drafts in-process from the same preprocessing (and context)."""
-    decoded = load_image(path)
-    model_input, letterbox = prepare_for_model(decoded, 256)
-    (draft,) = ReportGenerator().generate_prepared(model_input[None, None].astype(np.float32),
-                                                   [letterbox], contexts=[context])
+    generator = ReportGenerator()
+    side = generator.info.image_size
+    model_input, letterbox = prepare_for_model(load_image(path, model_side=side), side)
+    (draft,) = generator.generate_prepared(model_input[None, None].astype(np.float32),
+                                           [letterbox], contexts=[context])
     return draft.findings, draft.impression
 
 
@@ -76,7 +77,7 @@ def test_a_dicom_study_becomes_a_grounded_report(api: httpx.Client, phantom_dico
     report = response.json()
     assert report["status"] == "completed"
     assert (report["findings"], report["impression"]) == _reference_findings(phantom_dicom)
-    assert report["model_version"] == "radreport-phantom:0.1.0"
+    assert report["model_version"] == "radreport-phantom:0.2.0"
     assert report["processing_time_ms"] > 0
     assert 0.0 <= report["confidence"] <= 1.0
     assert isinstance(report["requires_radiologist_review"], bool)
@@ -147,7 +148,7 @@ def test_async_generation_answers_202_with_location(api: httpx.Client, stack: Lo
             break
         time.sleep(0.5)
     assert report["status"] == "completed"
-    # the request's clinical context reached the model (a v1 model ignores it) ...
+    # the request's clinical context reached the model's prompt ...
     context = ClinicalContext(indication="cough", age_years=65, sex="M")
     assert (report["findings"], report["impression"]) == _reference_findings(phantom_dicom,
                                                                              context)
@@ -252,7 +253,7 @@ def test_a_report_stored_but_never_queued_is_picked_up(stack: LocalStack,
     from services.common.blobs import BlobStore
 
     store = Store(f"sqlite:///{stack.config.data_dir / 'radreport.db'}")
-    report, created = store.create_or_get("E2E-STALLED", "radreport-phantom:0.1.0",
+    report, created = store.create_or_get("E2E-STALLED", "radreport-phantom:0.2.0",
                                           {"requested_by": "e2e-client"})
     assert created
     BlobStore(stack.config.data_dir / "blobs").put_bytes(report.id, "input.dcm",

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from radreport.data.phantoms import generate_study
 from radreport.model.prompt import ClinicalContext
-from radreport.model.report import ReportGenerator, to_model_input
+from radreport.model.report import DEFAULT_MODEL_DIR, ModelInfo, ReportGenerator, to_model_input
 from radreport.serving.client import (
     STREAM_MODEL,
     ReportClient,
@@ -28,6 +28,7 @@ from radreport.serving.tritonserver import DEFAULT_REPOSITORY, TritonServer, fre
 
 pytestmark = pytest.mark.integration
 MODEL = "radreport_report"
+SIZE = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json").image_size  # model v2: 384
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
 
 @pytest.fixture(scope="module")
 def inputs() -> np.ndarray:
-    """16 phantom test studies as model inputs (16, 1, 256, 256)."""
-    return np.stack([to_model_input(generate_study(seed, 512).image, 256)[0]
+    """16 phantom test studies as model inputs (16, 1, SIZE, SIZE)."""
+    return np.stack([to_model_input(generate_study(seed, 512).image, SIZE)[0]
                      for seed in range(2_000_000, 2_000_016)])[:, None]
 
 
@@ -64,7 +65,7 @@ def infer(url: str, image: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
 def assert_same_report(served: dict[str, Any], expected: dict[str, Any]) -> None:
     assert served["text"] == expected["text"]
     assert served["token_ids"] == expected["token_ids"]
-    assert served["model_version"] == expected["model_version"] == "radreport-phantom:0.1.0"
+    assert served["model_version"] == expected["model_version"] == "radreport-phantom:0.2.0"
     assert len(served["sentences"]) == len(expected["sentences"])
     for got, want in zip(served["sentences"], expected["sentences"], strict=True):
         assert (got["text"], got["section"], got["boxes"]) == (
@@ -72,7 +73,7 @@ def assert_same_report(served: dict[str, Any], expected: dict[str, Any]) -> None
         np.testing.assert_allclose(got["heatmap"], want["heatmap"], atol=1e-4)
     for name, prob in expected["label_probs"].items():
         assert served["label_probs"][name] == pytest.approx(prob, abs=1e-4)
-    # the safety net (radreport.model.safety), present for v1 and v2 models alike
+    # the safety net (radreport.model.safety): model v2 has a calibration.json
     assert served["findings_present"] == expected["findings_present"]
     assert served["uncertain_findings"] == expected["uncertain_findings"]
     assert served["out_of_distribution"] == expected["out_of_distribution"]
@@ -143,7 +144,7 @@ def test_report_client_names_a_model_that_is_not_loaded(server: TritonServer) ->
     client = ReportClient(server.grpc_url, model="no_such_model", retries=1, backoff_s=0.01)
     assert not client.ready()
     with pytest.raises(TritonUnavailableError, match=r"no_such_model.*2 attempts"):
-        client.generate(np.zeros((1, 1, 256, 256), np.float32))
+        client.generate(np.zeros((1, 1, SIZE, SIZE), np.float32))
 
 
 def test_report_client_gives_a_clear_error_when_triton_is_down() -> None:
@@ -151,7 +152,7 @@ def test_report_client_gives_a_clear_error_when_triton_is_down() -> None:
                           timeout_s=2.0)
     assert not client.ready()
     with pytest.raises(TritonUnavailableError, match=r"127\.0\.0\.1:\d+ could not serve"):
-        client.generate(np.zeros((1, 1, 256, 256), np.float32))
+        client.generate(np.zeros((1, 1, SIZE, SIZE), np.float32))
 
 
 def test_the_bls_loop_serves_the_same_reports(server: TritonServer, inputs: np.ndarray,
@@ -237,22 +238,23 @@ def test_a_stream_of_a_wrong_image_is_refused_without_retrying(server: TritonSer
     with pytest.raises(TritonRequestError, match="image"):
         list(client.generate_stream(np.zeros((1, 1, 64, 64), np.float32)))
     # the client's stream is closed again: the next study streams normally
-    assert client.generate_stream(np.zeros((1, 1, 256, 256), np.float32)).__next__()
+    assert client.generate_stream(np.zeros((1, 1, SIZE, SIZE), np.float32)).__next__()
 
 
 CONTEXT = ClinicalContext(indication="Shortness of breath", age_years=71, sex="F")
 
 
-def test_a_clinical_context_reaches_both_models(server: TritonServer, inputs: np.ndarray,
-                                                ) -> None:
-    """The served reports equal in-process ones given the same contexts (a v1 model ignores
-    them; a v2 model puts them into its prompt)."""
+def test_a_clinical_context_reaches_every_report_model(server: TritonServer,
+                                                       inputs: np.ndarray) -> None:
+    """The served reports equal in-process ones given the same contexts (the model puts
+    them into its prompt), from the in-process loop and the BLS loop alike."""
     contexts = [CONTEXT, None]
     expected = [d.to_dict() for d in ReportGenerator().generate_prepared(
         inputs[:2], contexts=contexts)]
-    served = ReportClient(server.grpc_url).generate(inputs[:2], contexts)
-    for got, want in zip(served, expected, strict=True):
-        assert_same_report(got, want)
+    for model in (MODEL, "radreport_report_bls"):
+        served = ReportClient(server.grpc_url, model=model).generate(inputs[:2], contexts)
+        for got, want in zip(served, expected, strict=True):
+            assert_same_report(got, want)
     *_, report = ReportClient(server.grpc_url, model=STREAM_MODEL).generate_stream(
         inputs[:1], CONTEXT)
     assert_same_report(report, expected[0])
@@ -276,7 +278,7 @@ def _raw_stream_error(url: str, inputs: list[grpcclient.InferInput]) -> str:
 
 def test_a_malformed_context_is_refused_without_echoing_it(server: TritonServer,
                                                            inputs: np.ndarray) -> None:
-    image = grpcclient.InferInput("image", [1, 1, 256, 256], "FP32")
+    image = grpcclient.InferInput("image", [1, 1, SIZE, SIZE], "FP32")
     image.set_data_from_numpy(inputs[:1])
     context = grpcclient.InferInput("context_json", [1, 1], "BYTES")
     context.set_data_from_numpy(np.array([[b'{"age_years": 200, "name": "Jane"}']],

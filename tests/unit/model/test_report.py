@@ -47,13 +47,19 @@ def generator() -> ReportGenerator:
     return ReportGenerator(threads=1)
 
 
+SHIPPED_VARIANTS = ("fp32", "int8")  # model v2's FP16 graphs did not load in ONNX Runtime
+
+
 def test_shipped_model_folder_is_complete_and_small() -> None:
     info = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json")
-    assert info.name == "radreport-phantom" and info.image_size == 256
-    graphs = [p for v in VARIANTS for p in model_files(DEFAULT_MODEL_DIR, v)]
+    assert (info.name, info.version, info.image_size) == ("radreport-phantom", "0.2.0", 384)
+    assert set(SHIPPED_VARIANTS) <= set(VARIANTS)
+    graphs = [p for v in SHIPPED_VARIANTS for p in model_files(DEFAULT_MODEL_DIR, v)]
     files = [*graphs, DEFAULT_MODEL_DIR / "tokenizer.json"]
     assert all(p.is_file() for p in files)
     assert sum(p.stat().st_size for p in files) <= 25 * 1024 * 1024  # the issue's budget
+    for name in ("calibration.json", "intensity_reference.json"):  # safety net, drift
+        assert (DEFAULT_MODEL_DIR / name).is_file()
     assert "not for clinical use" in (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text().lower()
 
 
@@ -67,7 +73,7 @@ def test_shipped_model_drafts_grounded_reports(generator: ReportGenerator) -> No
         assert set(draft.label_probs) == set(generator.info.labels)
         for sentence in draft.sentences:
             assert sentence.text.endswith(".") and not sentence.text[0].islower()
-            assert sentence.heatmap.shape == (16, 16)
+            assert sentence.heatmap.shape == (24, 24)  # model v2's 24 x 24 patch grid
             assert np.isclose(sentence.heatmap.sum(), 1.0, atol=1e-3)
             assert sentence.boxes
             for x0, y0, x1, y1 in sentence.boxes:
@@ -77,12 +83,15 @@ def test_shipped_model_drafts_grounded_reports(generator: ReportGenerator) -> No
     assert generator.generate([]) == []
 
 
-def test_a_2048_px_input_gives_the_same_report_with_boxes_in_its_own_pixels(
+def test_a_large_input_gives_the_same_report_with_boxes_in_its_own_pixels(
         generator: ReportGenerator) -> None:
-    image = generate_study(2_000_001, 512).image
-    large_image = np.kron(image, np.ones((4, 4), np.float32))  # 2048 px, same content
+    # at the model's own side, so the 4x larger copy letterboxes to exactly the same input
+    # (box averaging at a ratio that is not whole is not the same function of the content)
+    side = generator.info.image_size
+    image = generate_study(2_000_001, side).image
+    large_image = np.kron(image, np.ones((4, 4), np.float32))  # 1,536 px, same content
     small, large = (generator.generate([img])[0] for img in (image, large_image))
-    assert large.text == small.text and large.letterbox.original_shape == (2048, 2048)
+    assert large.text == small.text and large.letterbox.original_shape == (4 * side, 4 * side)
     for a, b in zip(small.sentences, large.sentences, strict=True):
         assert [tuple(4 * v for v in box) for box in a.boxes] == b.boxes
 
@@ -90,7 +99,7 @@ def test_a_2048_px_input_gives_the_same_report_with_boxes_in_its_own_pixels(
 def test_streamed_sentences_are_the_reports_and_come_before_its_end(
         generator: ReportGenerator) -> None:
     studies = [generate_study(seed, 512) for seed in range(2_000_010, 2_000_016)]
-    prepared = [to_model_input(s.image, 256) for s in studies]
+    prepared = [to_model_input(s.image, generator.info.image_size) for s in studies]
     batch = np.stack([pixels for pixels, _ in prepared])[:, None]
     letterboxes = [letterbox for _, letterbox in prepared]
     whole = generator.generate_prepared(batch, letterboxes)
