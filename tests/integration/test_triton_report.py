@@ -94,21 +94,31 @@ def test_served_reports_equal_onnx_runtime(server: TritonServer, inputs: np.ndar
         np.testing.assert_allclose(probs, list(reference[i]["label_probs"].values()), atol=1e-4)
 
 
-def stats(url: str) -> tuple[int, int]:
-    model = grpcclient.InferenceServerClient(url).get_inference_statistics(MODEL).model_stats[0]
-    return int(model.inference_count), int(model.execution_count)
+def settled_stats(url: str, model: str = MODEL, at_least: int = 0) -> tuple[int, int]:
+    """(inferences, executions) of a model once Triton has recorded them all: a request is
+    counted a moment after its response is sent, so a client can be answered first."""
+    client = grpcclient.InferenceServerClient(url)
+    last = (-1, -1)
+    for _ in range(50):
+        stats = client.get_inference_statistics(model).model_stats[0]
+        now = (int(stats.inference_count), int(stats.execution_count))
+        if now == last and now[0] >= at_least:
+            return now
+        last = now
+        time.sleep(0.2)
+    return last
 
 
 def test_sixteen_concurrent_requests_are_batched_and_all_correct(
         server: TritonServer, inputs: np.ndarray, reference: list[dict[str, Any]]) -> None:
-    before = stats(server.grpc_url)
+    before = settled_stats(server.grpc_url)
     with ThreadPoolExecutor(16) as pool:
         served = list(pool.map(lambda i: infer(server.grpc_url, inputs[i : i + 1])[0],
                                range(16)))
     for got, want in zip(served, reference, strict=True):
         assert_same_report(got, want)
-    inferences, executions = (a - b for a, b in zip(stats(server.grpc_url), before,
-                                                    strict=True))
+    after = settled_stats(server.grpc_url, at_least=before[0] + 16)
+    inferences, executions = (a - b for a, b in zip(after, before, strict=True))
     assert inferences == 16
     assert executions < inferences  # the dynamic batcher really gathered requests
 
@@ -205,30 +215,15 @@ def test_the_decoupled_model_streams_each_sentence_before_the_report(
         assert decoded == sorted(decoded) and decoded[0] < decoded[-1]  # one by one
 
 
-def settled_stream_stats(url: str, at_least: int = 0) -> tuple[int, int]:
-    """(inferences, executions) of the streaming model once Triton has recorded them all:
-    a decoupled request is counted a moment after its final response is sent."""
-    client = grpcclient.InferenceServerClient(url)
-    last = (-1, -1)
-    for _ in range(50):
-        model = client.get_inference_statistics(STREAM_MODEL).model_stats[0]
-        now = (int(model.inference_count), int(model.execution_count))
-        if now == last and now[0] >= at_least:
-            return now
-        last = now
-        time.sleep(0.2)
-    return last
-
-
 def test_concurrent_streams_are_batched_and_each_gets_its_own_sentences(
         server: TritonServer, inputs: np.ndarray, reference: list[dict[str, Any]]) -> None:
-    inferences, executions = settled_stream_stats(server.grpc_url)
+    inferences, executions = settled_stats(server.grpc_url, STREAM_MODEL)
     with ThreadPoolExecutor(8) as pool:
         streams = list(pool.map(lambda i: stream(server.grpc_url, inputs[i : i + 1]), range(8)))
     for events, want in zip(streams, reference[:8], strict=True):
         assert_same_report(events[-1], want)
         assert [e["text"] for e in events[:-1]] == [s["text"] for s in want["sentences"]]
-    after = settled_stream_stats(server.grpc_url, inferences + 8)
+    after = settled_stats(server.grpc_url, STREAM_MODEL, inferences + 8)
     assert after[0] - inferences == 8
     assert after[1] - executions < 8  # the dynamic batcher gathered streams too
 
