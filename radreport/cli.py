@@ -308,6 +308,26 @@ def fit_safety_command(
     typer.echo(f"wrote {fit.path}")
 
 
+@app.command("fit-grounding")
+def fit_grounding_command(
+    model: Annotated[Path, typer.Option(help="Model folder to tune (v2 export).")],
+    validate: Annotated[int, typer.Option(min=20, help="Validate-split studies.")] = 500,
+    min_sentences: Annotated[int, typer.Option(
+        min=1, help="Validate sentences a kind needs for a tuning of its own.")] = 20,
+    workers: Annotated[int, typer.Option(min=1, help="Processes rendering studies.")
+                       ] = os.cpu_count() or 1,
+) -> None:
+    """Fit how each kind of sentence blends its map with the queries' maps, on the
+    validate split (writes grounding.json; never reads the test split)."""
+    from radreport.model.fit_grounding import fit_grounding
+
+    fit = fit_grounding(model, validate, workers, min_sentences)
+    for kind, tuning in sorted(fit.grounder.tunings.items()):
+        typer.echo(f"{kind:<36} query weight {tuning.query_weight:4.2f} gamma "
+                   f"{tuning.gamma:4.2f} ({fit.sentences.get(kind, '-')} sentences)")
+    typer.echo(f"wrote {fit.path}")
+
+
 @bench_app.command("model")
 def bench_model(
     model: Annotated[Path | None, typer.Option(

@@ -96,17 +96,24 @@ def stated_findings(text: str) -> frozenset[str]:
     return frozenset(with_parents(labels))
 
 
+def finding_region(text: str, section: str, case: TestCase) -> np.ndarray | None:
+    """The true region of a generated sentence about a finding the study has: that of the
+    reference sentence stating most nearly the same findings (same section on ties)."""
+    stated = stated_findings(text)
+    if not stated:
+        return None
+    best = max(case.positives, default=None, key=lambda ref: (
+        len(stated & ref.labels) / len(stated | ref.labels), ref.section == section))
+    return best.mask if best is not None and stated & best.labels else None
+
+
 def pair_sentences(draft: DraftReport, case: TestCase) -> list[GroundedSentence]:
     """(heatmap, true region) for each generated sentence about a finding the study has."""
     pairs: list[GroundedSentence] = []
     for sentence in draft.sentences:
-        stated = stated_findings(sentence.text)
-        if not stated:
-            continue
-        best = max(case.positives, default=None, key=lambda ref: (
-            len(stated & ref.labels) / len(stated | ref.labels), ref.section == sentence.section))
-        if best is not None and stated & best.labels:
-            pairs.append((sentence.heatmap, best.mask))
+        mask = finding_region(sentence.text, sentence.section, case)
+        if mask is not None:
+            pairs.append((sentence.heatmap, mask))
     return pairs
 
 

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from radreport.model.config import ModelConfig
+from radreport.model.query_grounding import ANATOMY_QUERIES
 
-ANATOMY_QUERIES: tuple[str, ...] = ("cardiac", "left lung", "right lung", "mediastinum",
-                                    "diaphragm", "spine")
+__all__ = ["ANATOMY_QUERIES", "CheXQueryEncoder", "patch_grid_masks", "region_kl"]
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1, relu: bool = True) -> nn.Sequential:

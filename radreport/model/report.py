@@ -33,6 +33,7 @@ from radreport.model.grounding import (
 from radreport.model.guard import FindingsGuard, GuardedReport, guarded_decode
 from radreport.model.onnx_runtime import DEFAULT_PROVIDERS, EncoderOutput, OnnxReportModel
 from radreport.model.prompt import ClinicalContext
+from radreport.model.query_grounding import GROUNDING_FILE, SentenceGrounder
 from radreport.model.safety import SafetyNet, StudySafety
 from radreport.model.tokenizer import ReportTokenizer, detokenize
 
@@ -164,10 +165,11 @@ class ReportGenerator:
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, variant: Variant = "fp32",
                  threads: int | None = None, runtime: OnnxReportModel | None = None,
                  providers: Sequence[str | tuple[str, dict[str, str]]] | None = None,
-                 guard: bool = True) -> None:
+                 guard: bool = True, grounding: bool = True) -> None:
         """``runtime`` replaces the in-process graphs, e.g. by one calling Triton models;
         ``providers`` are ONNX Runtime execution providers (default: CPU), e.g. TensorRT and
-        CUDA with their options on the GPU target."""
+        CUDA with their options on the GPU target. ``grounding=False`` keeps the decoder's
+        sentence maps as they are, without the folder's ``grounding.json`` tunings."""
         folder = Path(model_dir)
         self.info = ModelInfo.load(folder / MODEL_INFO_FILE)
         self.tokenizer = ReportTokenizer.load(folder / TOKENIZER_FILE)
@@ -180,6 +182,8 @@ class ReportGenerator:
         self.onnx = runtime
         self.variant = variant
         self.safety_net = SafetyNet.load(folder / CALIBRATION_FILE, self.info.labels)
+        self.grounder = (SentenceGrounder.load(folder / GROUNDING_FILE, self.info.labels)
+                         if grounding else SentenceGrounder(self.info.labels))
         self.guard = guard  # v2 only: see guard.py
 
     def generate(self, images: Sequence[np.ndarray], box_threshold: float = 0.5,
@@ -249,8 +253,10 @@ class ReportGenerator:
         """
         letterboxes = self._checked(batch, letterboxes)
         encoded, safety, prompt = self._encode(batch, contexts)
-        reports = [_GrowingReport(letterbox, s, self._guard(s, prompt))
-                   for letterbox, s in zip(letterboxes, safety, strict=True)]
+        maps = encoded.query_maps
+        reports = [_GrowingReport(letterbox, s, self._guard(s, prompt),
+                                  None if maps is None else maps[i])
+                   for i, (letterbox, s) in enumerate(zip(letterboxes, safety, strict=True))]
         ends = (self.onnx.eos_id, self.onnx.pad_id)
         for step in self.onnx.greedy_steps(encoded.memory_kv, prompt=prompt):
             for item, report in enumerate(reports):
@@ -310,7 +316,7 @@ class ReportGenerator:
         spans = [s for s in report_spans(words) if report.ended or s.end + 1 < len(words)]
         for span in spans[len(report.sentences):]:
             sentence = self._sentence(words, np.stack(report.attention[span.start : span.end]),
-                                      span, report.letterbox, box_threshold)
+                                      span, report, box_threshold)
             if report.guard is not None and report.guard.contradicts(sentence.text):
                 report.diverted = True  # held back: the guard decodes it again
                 return
@@ -325,12 +331,15 @@ class ReportGenerator:
                                                 report.safety))
 
     def _sentence(self, words: Sequence[str], attention: np.ndarray, span: SentenceSpan,
-                  letterbox: Letterbox, box_threshold: float) -> ReportSentence:
-        """One sentence from the report's words and the attention rows of its own tokens."""
+                  report: _GrowingReport, box_threshold: float) -> ReportSentence:
+        """One sentence from the report's words and the attention rows of its own tokens,
+        its map refined with the queries' maps of what it states (query_grounding.py)."""
         tokens = words[span.start : span.end]
-        (heatmap,) = sentence_maps(tokens, attention, [(0, len(tokens))])
-        return ReportSentence(detokenize(tokens, self.tokenizer.truecase), span.section,
-                              heatmap, map_boxes(heatmap, letterbox, box_threshold))
+        (decoder_map,) = sentence_maps(tokens, attention, [(0, len(tokens))])
+        text = detokenize(tokens, self.tokenizer.truecase)
+        heatmap = self.grounder.refine(text, decoder_map, report.query_maps)
+        return ReportSentence(text, span.section, heatmap,
+                              map_boxes(heatmap, report.letterbox, box_threshold))
 
     def _report(self, token_ids: list[int], sentences: list[ReportSentence], probs: np.ndarray,
                 letterbox: Letterbox, safety: StudySafety) -> DraftReport:
@@ -354,6 +363,7 @@ class _GrowingReport:
     letterbox: Letterbox
     safety: StudySafety
     guard: FindingsGuard | None = None  # v2: the text must state the head's findings
+    query_maps: np.ndarray | None = None  # (Q, N) v2: the queries' maps of this image
     ids: list[int] = field(default_factory=list)  # generated, up to its end (EOS or PAD)
     words: list[str] = field(default_factory=list)
     attention: list[np.ndarray] = field(default_factory=list)  # a (N,) row per token

@@ -17,6 +17,7 @@ from radreport.model.config import ModelConfig
 from radreport.model.export import write_model_folder
 from radreport.model.model import RadReportModel
 from radreport.model.prompt import PROMPT_LEN, ClinicalContext, consistent_findings
+from radreport.model.query_grounding import GROUNDING_FILE, MapTuning, SentenceGrounder
 from radreport.model.report import ReportGenerator
 from radreport.model.tokenizer import ReportTokenizer
 
@@ -165,6 +166,18 @@ def test_export_generates_from_the_prompt(tokenizer: ReportTokenizer, tmp_path: 
     draft = generator.generate([image])[0]
     assert draft.safety is not None and draft.safety.ood_score is None  # not calibrated
     assert all(i < 4 or i >= 46 for i in draft.token_ids)
+    assert draft.sentences
+
+    # grounding.json tunings refine every sentence's map with the image's query maps
+    tunings = {kind: MapTuning(0.5, 0.5) for kind in ("finding", "organ:lungs", "organ:heart")}
+    grounder = SentenceGrounder(generator.info.labels, {**tunings, "other": MapTuning(0, 0.5)})
+    grounder.save(tmp_path / "m" / GROUNDING_FILE)
+    tuned = ReportGenerator(tmp_path / "m").generate([image])[0]
+    assert [s.text for s in tuned.sentences] == [s.text for s in draft.sentences]
+    for raw, refined in zip(draft.sentences, tuned.sentences, strict=True):
+        expected = grounder.refine(raw.text, raw.heatmap, encoded.query_maps[0])
+        np.testing.assert_allclose(refined.heatmap, expected, atol=1e-6)
+        assert not np.allclose(refined.heatmap, raw.heatmap)
 
 
 def test_query_maps_are_added_to_encoders_exported_without_them(

@@ -1,0 +1,146 @@
+"""``radreport fit-grounding``: fit the sentence-map tunings of a v2 model on validate.
+
+Each validate study is drafted through ONNX Runtime as served, with the decoder's maps
+left as they are; every sentence that the evaluation would score is kept with its true
+region: a finding sentence with the region of the reference sentence it matches, a
+negative or anatomical one with its organ. For each kind of sentence (``sentence_kind``)
+the query weight and gamma that maximise mean grounding IoU plus pointing-game hits are
+chosen from a small grid. Finding labels with fewer than ``min_sentences`` share one
+tuning, fitted on all finding sentences; rarer organ kinds keep the decoder's map. The
+test split is never read. Regions are scored at ``FIT_SIZE`` px, max-pooled so that thin
+ones (a line, a band of atelectasis) survive.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from radreport.data.benchmark import benchmark_split
+from radreport.eval.evaluate import TestCase, finding_region, render_cases
+from radreport.eval.metrics import grounding_iou, pointing_hit
+from radreport.eval.safety_metrics import anatomy_region
+from radreport.model.query_grounding import (
+    DEFAULT_KIND,
+    GROUNDING_FILE,
+    MapTuning,
+    SentenceGrounder,
+    blend,
+    sentence_kind,
+)
+from radreport.model.report import ReportGenerator, to_model_input
+
+QUERY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+GAMMAS = (0.3, 0.4, 0.5, 0.7, 1.0, 1.4)
+FIT_SIZE = 128
+
+
+@dataclass
+class GroundingSample:
+    kind: str
+    decoder_map: np.ndarray  # (grid, grid)
+    query_map: np.ndarray | None  # (grid, grid), the kind's query rows averaged
+    region: np.ndarray  # bool, at most FIT_SIZE px
+
+
+def pooled_region(mask: np.ndarray, size: int = FIT_SIZE) -> np.ndarray:
+    """A boolean mask max-pooled down to at most ``size`` px (whole blocks only)."""
+    mask = np.asarray(mask, dtype=bool)
+    factor = max(1, mask.shape[0] // size)
+    h, w = (mask.shape[0] // factor) * factor, (mask.shape[1] // factor) * factor
+    blocks = mask[:h, :w].reshape(h // factor, factor, w // factor, factor)
+    return np.asarray(blocks.any(axis=(1, 3)))
+
+
+def collect_samples(generator: ReportGenerator, cases: Sequence[TestCase],
+                    batch_size: int = 16) -> list[GroundingSample]:
+    """The scored sentences of ``cases`` with the decoder's own maps and the query maps
+    (``generator`` made with ``grounding=False``)."""
+    labels = generator.info.labels
+    size = generator.info.image_size
+    samples: list[GroundingSample] = []
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start : start + batch_size]
+        drafts = generator.generate([c.image for c in chunk])
+        batch = np.stack([to_model_input(c.image, size)[0] for c in chunk])[:, None]
+        query_maps = generator.onnx.encode(batch).query_maps
+        for i, (case, draft) in enumerate(zip(chunk, drafts, strict=True)):
+            maps = None if query_maps is None else query_maps[i]
+            for sentence in draft.sentences:
+                mask = finding_region(sentence.text, sentence.section, case)
+                if mask is None:
+                    organ = anatomy_region(sentence.text)
+                    mask = case.anatomy.get(organ) if organ is not None else None
+                if mask is None:
+                    continue
+                kind = sentence_kind(sentence.text, labels)
+                query = None
+                if maps is not None and kind.query_rows:
+                    query = maps[list(kind.query_rows)].mean(axis=0).reshape(
+                        sentence.heatmap.shape)
+                samples.append(GroundingSample(kind.name, sentence.heatmap, query,
+                                               pooled_region(mask)))
+    return samples
+
+
+def _score(samples: Sequence[GroundingSample], tuning: MapTuning) -> float:
+    total = 0.0
+    for s in samples:
+        heatmap = blend(s.decoder_map, s.query_map, tuning)
+        total += grounding_iou(heatmap, s.region) + pointing_hit(heatmap, s.region)
+    return total / max(1, len(samples))
+
+
+def best_tuning(samples: Sequence[GroundingSample]) -> tuple[MapTuning, float]:
+    """The grid point with the highest mean IoU + pointing over ``samples``."""
+    has_query = all(s.query_map is not None for s in samples)
+    weights = QUERY_WEIGHTS if has_query else (0.0,)
+    scored = [(_score(samples, MapTuning(w, g)), MapTuning(w, g))
+              for w, g in itertools.product(weights, GAMMAS)]
+    score, tuning = max(scored, key=lambda item: item[0])
+    return tuning, score
+
+
+def fit_tunings(samples: Sequence[GroundingSample], min_sentences: int = 20,
+                ) -> dict[str, MapTuning]:
+    by_kind: dict[str, list[GroundingSample]] = defaultdict(list)
+    for sample in samples:
+        by_kind[sample.kind].append(sample)
+    findings = [s for s in samples if s.kind.startswith("finding:")]
+    tunings: dict[str, MapTuning] = {}
+    if len(findings) >= min_sentences:
+        tunings[DEFAULT_KIND] = best_tuning(findings)[0]
+    for kind, group in sorted(by_kind.items()):
+        if len(group) >= min_sentences:
+            tunings[kind] = best_tuning(group)[0]
+    return tunings
+
+
+@dataclass
+class GroundingFit:
+    grounder: SentenceGrounder
+    sentences: dict[str, int]  # validate sentences per kind
+    path: Path
+
+
+def fit_grounding(model_dir: str | Path, validate_count: int = 500, workers: int = 1,
+                  min_sentences: int = 20) -> GroundingFit:
+    """Fit and write ``grounding.json`` into ``model_dir``; see the module docstring."""
+    folder = Path(model_dir)
+    generator = ReportGenerator(folder, grounding=False)
+    seeds = benchmark_split("validate").seeds[:validate_count]
+    samples = collect_samples(generator, render_cases(seeds, workers))
+    tunings = fit_tunings(samples, min_sentences)
+    grounder = SentenceGrounder(generator.info.labels, tunings,
+                                f"validate split, first {len(seeds)} studies")
+    path = folder / GROUNDING_FILE
+    grounder.save(path)
+    counts: dict[str, int] = defaultdict(int)
+    for sample in samples:
+        counts[sample.kind] += 1
+    return GroundingFit(grounder, dict(counts), path)

@@ -1,0 +1,140 @@
+"""A sentence's map, refined with the v2 queries' maps of what the sentence speaks of.
+
+The decoder's cross-attention gives every word a map (seed 000), but the maps trained most
+directly are the queries' (seed 003): each condition query's attention is supervised with
+its finding's region, each anatomical query's with its organ. A sentence that states a
+finding is grounded by the geometric blend ``decoder^(1 - w) * query^w`` with the mean map
+of the findings it states; a pertinent negative ("No pleural effusion.") with the organ its
+labels live in (lungs, heart, mediastinum). Sentences naming nothing keep the decoder's map.
+
+Every map is then tempered, ``map^gamma``: display and boxes cut a map at a fraction of its
+peak, and gamma sets which contour of the attention that cut follows (a diffuse organ wants
+a low contour, a focal nodule a high one). Weights and gammas are fitted per kind of
+sentence on the validate split (``radreport fit-grounding``) and kept in the model folder's
+``grounding.json``; without that file maps are the decoder's, unchanged. NumPy only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radreport.data.labels import NEGATIVE
+from radreport.eval.labeler import label_sentence
+
+GROUNDING_FILE = "grounding.json"
+# The v2 anatomical queries, after the condition queries, in this order.
+ANATOMY_QUERIES: tuple[str, ...] = ("cardiac", "left lung", "right lung", "mediastinum",
+                                    "diaphragm", "spine")
+ORGAN_QUERIES: dict[str, tuple[str, ...]] = {
+    "heart": ("cardiac",), "lungs": ("left lung", "right lung"), "mediastinum": ("mediastinum",)}
+# Where a label's pertinent negative points; the rest of the labels live in the lungs.
+LABEL_ORGAN: dict[str, str] = {"Cardiomegaly": "heart", "Enlarged Cardiomediastinum":
+                               "mediastinum", "Fracture": "bones", "Support Devices": "none"}
+PARENT_LABELS = frozenset({"Lung Opacity", "Pneumonia"})  # named through a more specific one
+DEFAULT_KIND = "finding"  # tuning for finding labels too rare in validate to fit alone
+
+
+@dataclass(frozen=True)
+class MapTuning:
+    query_weight: float = 0.0  # w in decoder^(1 - w) * query^w; 0 without a query map
+    gamma: float = 1.0
+
+
+@dataclass(frozen=True)
+class SentenceKind:
+    """What a sentence grounds on: ``finding:<label>``, ``organ:<organ>`` or ``other``."""
+
+    name: str
+    query_rows: tuple[int, ...] = ()  # rows of ``query_maps`` to average
+
+
+def sentence_kind(text: str, labels: Sequence[str]) -> SentenceKind:
+    """The kind of a sentence from the labeler, with the query maps that belong to it."""
+    values = label_sentence(text)
+    stated = [k for k in labels if k in values and values[k] != NEGATIVE and k != "No Finding"]
+    if stated:
+        specific = [k for k in stated if k not in PARENT_LABELS] or stated
+        return SentenceKind(f"finding:{specific[0]}",
+                            tuple(labels.index(k) for k in stated))
+    denied = {LABEL_ORGAN.get(k, "lungs") for k, v in values.items()
+              if v == NEGATIVE and k != "No Finding"}
+    if len(denied) != 1:
+        return SentenceKind("other")
+    organ = denied.pop()
+    rows = tuple(len(labels) + ANATOMY_QUERIES.index(q) for q in ORGAN_QUERIES.get(organ, ()))
+    return SentenceKind(f"organ:{organ}", rows)
+
+
+def blend(decoder_map: np.ndarray, query_map: np.ndarray | None, tuning: MapTuning,
+          ) -> np.ndarray:
+    """``(decoder^(1-w) * query^w)^gamma``, normalised to sum 1 (shape of the input)."""
+    out = _unit(decoder_map)
+    if query_map is not None and tuning.query_weight > 0:
+        w = tuning.query_weight
+        out = out ** (1.0 - w) * _unit(query_map) ** w
+    out = _unit(out) ** tuning.gamma
+    return _unit(out).astype(np.float32)
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    clipped = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0.0, None)
+    total = clipped.sum()
+    return clipped / total if total > 0 else clipped
+
+
+@dataclass(frozen=True)
+class SentenceGrounder:
+    """Per-kind tunings; kinds without one (and models without query maps) use defaults."""
+
+    labels: tuple[str, ...]
+    tunings: Mapping[str, MapTuning] = field(default_factory=dict)
+    fitted_on: str = ""
+
+    def refine(self, text: str, decoder_map: np.ndarray,
+               query_maps: np.ndarray | None) -> np.ndarray:
+        """decoder_map (grid, grid) -> the sentence's map (grid, grid), summing to 1."""
+        kind = sentence_kind(text, self.labels)
+        tuning = self.tuning(kind.name)
+        if tuning == MapTuning():
+            return decoder_map  # no tuning: the decoder's own map, as v1 serves it
+        query = None
+        if query_maps is not None and kind.query_rows:
+            query = query_maps[list(kind.query_rows)].mean(axis=0).reshape(decoder_map.shape)
+        return blend(decoder_map, query, tuning)
+
+    def tuning(self, kind: str) -> MapTuning:
+        if kind in self.tunings:
+            return self.tunings[kind]
+        if kind.startswith("finding:") and DEFAULT_KIND in self.tunings:
+            return self.tunings[DEFAULT_KIND]
+        return MapTuning()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fitted_on": self.fitted_on, "labels": list(self.labels),
+                "kinds": {k: {"query_weight": t.query_weight, "gamma": t.gamma}
+                          for k, t in sorted(self.tunings.items())}}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, labels: Sequence[str]) -> SentenceGrounder:
+        """The folder's tunings, or the identity (decoder maps as they are) without a file."""
+        file = Path(path)
+        if not file.exists():
+            return cls(tuple(labels))
+        data = json.loads(file.read_text())
+        if list(data.get("labels", labels)) != list(labels):
+            raise ValueError(f"{file} was fitted for other labels than the model's")
+        tunings = {k: MapTuning(float(v["query_weight"]), float(v["gamma"]))
+                   for k, v in data["kinds"].items()}
+        for name, tuning in tunings.items():
+            if not (0.0 <= tuning.query_weight <= 1.0 and tuning.gamma > 0):
+                raise ValueError(f"{file}: kind {name!r} has an invalid tuning {tuning}")
+        return cls(tuple(labels), tunings, str(data.get("fitted_on", "")))

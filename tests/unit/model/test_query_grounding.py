@@ -1,0 +1,95 @@
+"""Sentence maps refined with the v2 queries' maps, and their tunings fitted on validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from radreport.data.labels import CHEXPERT_LABELS
+from radreport.eval.metrics import grounding_iou
+from radreport.model.fit_grounding import GroundingSample, best_tuning, fit_tunings, pooled_region
+from radreport.model.query_grounding import (
+    MapTuning,
+    SentenceGrounder,
+    blend,
+    sentence_kind,
+)
+
+LABELS = CHEXPERT_LABELS
+ANATOMY = len(LABELS)  # first anatomical query row: cardiac, then left lung, right lung...
+
+
+@pytest.mark.parametrize(("text", "kind", "rows"), [
+    ("Small right pleural effusion.", "finding:Pleural Effusion", (10,)),
+    ("Patchy right lower lobe consolidation, likely pneumonia.", "finding:Consolidation",
+     (6, 7)),
+    ("Mild atelectasis at the right lung base.", "finding:Atelectasis", (8,)),
+    ("No pleural effusion or pneumothorax.", "organ:lungs", (ANATOMY + 1, ANATOMY + 2)),
+    ("Heart size is normal.", "organ:heart", (ANATOMY,)),
+    ("The mediastinal contours are normal.", "organ:mediastinum", (ANATOMY + 3,)),
+    ("No acute osseous abnormality.", "organ:bones", ()),
+    ("The soft tissues are unremarkable.", "other", ()),
+])
+def test_sentence_kinds_name_their_queries(text: str, kind: str, rows: tuple[int, ...]) -> None:
+    found = sentence_kind(text, LABELS)
+    assert (found.name, found.query_rows) == (kind, rows)
+
+
+def _blob(grid: int, row: int, col: int, radius: float) -> np.ndarray:
+    y, x = np.mgrid[:grid, :grid]
+    return np.exp(-((y - row) ** 2 + (x - col) ** 2) / (2 * radius**2))
+
+
+def test_blend_moves_the_map_to_the_query_and_gamma_widens_it() -> None:
+    decoder, query = _blob(12, 2, 2, 1.5), _blob(12, 8, 9, 1.5)
+    assert np.allclose(blend(decoder, query, MapTuning(0.0, 1.0)), decoder / decoder.sum())
+    pulled = blend(decoder, query, MapTuning(1.0, 1.0))
+    assert np.unravel_index(pulled.argmax(), pulled.shape) == (8, 9)
+    assert pulled.dtype == np.float32 and pulled.sum() == pytest.approx(1.0, abs=1e-5)
+    wide = blend(decoder, query, MapTuning(1.0, 0.4))
+    assert (wide >= 0.5 * wide.max()).sum() > (pulled >= 0.5 * pulled.max()).sum()
+
+
+def test_grounder_refines_by_kind_and_keeps_untuned_maps(tmp_path: Path) -> None:
+    grounder = SentenceGrounder(LABELS, {"finding": MapTuning(1.0, 1.0),
+                                         "organ:heart": MapTuning(0.5, 0.7)}, "validate")
+    decoder = _blob(6, 0, 0, 1.0).astype(np.float32)
+    queries = np.full((20, 36), 1e-6, dtype=np.float32)
+    queries[10, 27] = 1.0  # the effusion query looks at one cell
+    effusion = grounder.refine("Small left pleural effusion.", decoder, queries)
+    assert np.unravel_index(effusion.argmax(), effusion.shape) == (4, 3)
+    assert grounder.refine("The soft tissues are unremarkable.", decoder, queries) is decoder
+    assert grounder.refine("Small left pleural effusion.", decoder, None).argmax() == 0
+    grounder.save(tmp_path / "grounding.json")
+    assert SentenceGrounder.load(tmp_path / "grounding.json", LABELS) == grounder
+    assert SentenceGrounder.load(tmp_path / "absent.json", LABELS).tunings == {}
+    with pytest.raises(ValueError, match="other labels"):
+        SentenceGrounder.load(tmp_path / "grounding.json", LABELS[:5])
+
+
+def test_fit_prefers_the_query_where_it_holds_the_region() -> None:
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(30):
+        row, col = 3 + i % 6, 4 + i % 5
+        region = np.zeros((96, 96), dtype=bool)
+        region[row * 8 : row * 8 + 8, col * 8 : col * 8 + 8] = True
+        query = _blob(12, row, col, 0.6)
+        decoder = rng.random((12, 12))  # looks anywhere
+        samples.append(GroundingSample("finding:Lung Lesion", decoder, query, region))
+    tuning, score = best_tuning(samples)
+    assert tuning.query_weight == 1.0
+    assert score > 1.5  # mean IoU + pointing of the query's own map
+    tunings = fit_tunings(samples, min_sentences=10)
+    assert set(tunings) == {"finding", "finding:Lung Lesion"}
+    assert fit_tunings(samples, min_sentences=31) == {}
+
+
+def test_pooled_regions_keep_thin_structures() -> None:
+    line = np.zeros((512, 512), dtype=bool)
+    line[100:102, :] = True  # a 2 px tube
+    pooled = pooled_region(line)
+    assert pooled.shape == (128, 128) and pooled[25].all() and pooled.sum() == 128
+    assert grounding_iou(np.ones((4, 4)), pooled_region(np.ones((64, 64), bool))) == 1.0
