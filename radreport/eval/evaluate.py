@@ -96,15 +96,21 @@ def stated_findings(text: str) -> frozenset[str]:
     return frozenset(with_parents(labels))
 
 
-def finding_region(text: str, section: str, case: TestCase) -> np.ndarray | None:
-    """The true region of a generated sentence about a finding the study has: that of the
-    reference sentence stating most nearly the same findings (same section on ties)."""
+def best_reference(text: str, section: str, case: TestCase) -> ReferenceSentence | None:
+    """The reference sentence stating most nearly the same findings as a generated one
+    (same section on ties); None if the sentence states no finding the study has."""
     stated = stated_findings(text)
     if not stated:
         return None
     best = max(case.positives, default=None, key=lambda ref: (
         len(stated & ref.labels) / len(stated | ref.labels), ref.section == section))
-    return best.mask if best is not None and stated & best.labels else None
+    return best if best is not None and stated & best.labels else None
+
+
+def finding_region(text: str, section: str, case: TestCase) -> np.ndarray | None:
+    """The true region of a generated sentence about a finding the study has."""
+    best = best_reference(text, section, case)
+    return None if best is None else best.mask
 
 
 def pair_sentences(draft: DraftReport, case: TestCase) -> list[GroundedSentence]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,7 @@ from radreport.data.phantoms.reports import FILLERS, NEGATIVES
 from radreport.eval.labeler import label_sentence, report_vector
 from radreport.eval.metrics import Statistic, grounding_iou, label_matrix
 from radreport.model.calibration import expected_calibration_error
+from radreport.model.query_grounding import side_of
 from radreport.model.report import DraftReport
 from radreport.model.safety import model_review_reasons
 
@@ -51,7 +51,6 @@ SENTENCE_REGION: dict[str, str] = {
 }
 NEGATIVE_LABEL_REGION: dict[str, str] = {
     label: region for _, region, labels, _ in NEGATIVES for label in labels}
-SIDE_WORDS = re.compile(r"\b(left|right|bilateral|both)\b")
 
 
 def _ratio(num: float, den: float) -> float:
@@ -95,16 +94,6 @@ def _sensitivity_where(ref: np.ndarray, hyp: np.ndarray, cols: Sequence[int],
     sel = idx[keep[idx]]
     r, h = ref[sel][:, cols], hyp[sel][:, cols]
     return _ratio(float((r & h).sum()), float(r.sum()))
-
-
-def side_of(text: str) -> str | None:
-    """left, right or bilateral as a sentence states it; None if it names no one side."""
-    words = set(SIDE_WORDS.findall(text.lower()))
-    if words & {"bilateral", "both"}:
-        return "bilateral"
-    if words == {"left"} or words == {"right"}:
-        return words.pop()
-    return None
 
 
 def laterality_counts(draft: DraftReport, case: TestCase) -> tuple[int, int]:

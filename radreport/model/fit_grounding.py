@@ -9,6 +9,10 @@ chosen from a small grid. Finding labels with fewer than ``min_sentences`` share
 tuning, fitted on all finding sentences; rarer organ kinds keep the decoder's map. The
 test split is never read. Regions are scored at ``FIT_SIZE`` px, max-pooled so that thin
 ones (a line, a band of atelectasis) survive.
+
+Sides: each lateralised finding sentence with a sided reference gives the share of its
+label's query map left of the midline; per label, the cutoff that reads the side most
+accurately is kept if it beats the side the text states on the same sentences.
 """
 
 from __future__ import annotations
@@ -16,27 +20,31 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from radreport.data.benchmark import benchmark_split
-from radreport.eval.evaluate import TestCase, finding_region, render_cases
+from radreport.eval.evaluate import TestCase, best_reference, render_cases
 from radreport.eval.metrics import grounding_iou, pointing_hit
-from radreport.eval.safety_metrics import anatomy_region
+from radreport.eval.safety_metrics import LATERAL_LABELS, anatomy_region
 from radreport.model.query_grounding import (
     DEFAULT_KIND,
     GROUNDING_FILE,
     MapTuning,
     SentenceGrounder,
     blend,
+    left_share,
     sentence_kind,
+    side_from_share,
+    side_of,
 )
 from radreport.model.report import ReportGenerator, to_model_input
 
 QUERY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 GAMMAS = (0.3, 0.4, 0.5, 0.7, 1.0, 1.4)
+SIDE_CUTOFFS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 FIT_SIZE = 128
 
 
@@ -46,6 +54,20 @@ class GroundingSample:
     decoder_map: np.ndarray  # (grid, grid)
     query_map: np.ndarray | None  # (grid, grid), the kind's query rows averaged
     region: np.ndarray  # bool, at most FIT_SIZE px
+
+
+@dataclass
+class SideSample:
+    label: str
+    left_share: float  # of the label's query map
+    truth: str  # the side the reference sentence states
+    stated: str | None  # the side the generated sentence states
+
+
+@dataclass
+class Samples:
+    maps: list[GroundingSample] = field(default_factory=list)
+    sides: list[SideSample] = field(default_factory=list)
 
 
 def pooled_region(mask: np.ndarray, size: int = FIT_SIZE) -> np.ndarray:
@@ -58,12 +80,11 @@ def pooled_region(mask: np.ndarray, size: int = FIT_SIZE) -> np.ndarray:
 
 
 def collect_samples(generator: ReportGenerator, cases: Sequence[TestCase],
-                    batch_size: int = 16) -> list[GroundingSample]:
-    """The scored sentences of ``cases`` with the decoder's own maps and the query maps
-    (``generator`` made with ``grounding=False``)."""
-    labels = generator.info.labels
+                    batch_size: int = 16) -> Samples:
+    """The scored sentences of ``cases`` with the decoder's own maps and the query maps,
+    and the sides of lateralised ones (``generator`` made with ``grounding=False``)."""
     size = generator.info.image_size
-    samples: list[GroundingSample] = []
+    samples = Samples()
     for start in range(0, len(cases), batch_size):
         chunk = cases[start : start + batch_size]
         drafts = generator.generate([c.image for c in chunk])
@@ -72,20 +93,48 @@ def collect_samples(generator: ReportGenerator, cases: Sequence[TestCase],
         for i, (case, draft) in enumerate(zip(chunk, drafts, strict=True)):
             maps = None if query_maps is None else query_maps[i]
             for sentence in draft.sentences:
-                mask = finding_region(sentence.text, sentence.section, case)
-                if mask is None:
-                    organ = anatomy_region(sentence.text)
-                    mask = case.anatomy.get(organ) if organ is not None else None
-                if mask is None:
-                    continue
-                kind = sentence_kind(sentence.text, labels)
-                query = None
-                if maps is not None and kind.query_rows:
-                    query = maps[list(kind.query_rows)].mean(axis=0).reshape(
-                        sentence.heatmap.shape)
-                samples.append(GroundingSample(kind.name, sentence.heatmap, query,
-                                               pooled_region(mask)))
+                _collect(generator.info.labels, sentence.text, sentence.section,
+                         sentence.heatmap, maps, case, samples)
     return samples
+
+
+def _collect(labels: Sequence[str], text: str, section: str, heatmap: np.ndarray,
+             maps: np.ndarray | None, case: TestCase, samples: Samples) -> None:
+    kind = sentence_kind(text, labels)
+    reference = best_reference(text, section, case)
+    if reference is not None:
+        mask: np.ndarray | None = reference.mask
+        truth = side_of(reference.text)
+        lateral = [k for k in LATERAL_LABELS if kind.name == f"finding:{k}"]
+        if maps is not None and truth is not None and lateral:
+            share = left_share(maps, [labels.index(lateral[0])], len(labels))
+            samples.sides.append(SideSample(lateral[0], share, truth, side_of(text)))
+    else:
+        organ = anatomy_region(text)
+        mask = case.anatomy.get(organ) if organ is not None else None
+    if mask is None:
+        return
+    query = None
+    if maps is not None and kind.query_rows:
+        query = maps[list(kind.query_rows)].mean(axis=0).reshape(heatmap.shape)
+    samples.maps.append(GroundingSample(kind.name, heatmap, query, pooled_region(mask)))
+
+
+def fit_side_cutoffs(samples: Sequence[SideSample], min_sentences: int = 20,
+                     ) -> dict[str, float]:
+    """Per label, the cutoff whose read side beats the text's on validate, if one does."""
+    cutoffs: dict[str, float] = {}
+    for label in sorted({s.label for s in samples}):
+        group = [s for s in samples if s.label == label]
+        if len(group) < min_sentences:
+            continue
+        text = np.mean([s.stated == s.truth for s in group])
+        scored = [(float(np.mean([side_from_share(s.left_share, c) == s.truth for s in group])),
+                   c) for c in SIDE_CUTOFFS]
+        accuracy, cutoff = max(scored)  # ties: the larger cutoff (a wider bilateral band)
+        if accuracy > text:
+            cutoffs[label] = cutoff
+    return cutoffs
 
 
 def _score(samples: Sequence[GroundingSample], tuning: MapTuning) -> float:
@@ -125,6 +174,7 @@ def fit_tunings(samples: Sequence[GroundingSample], min_sentences: int = 20,
 class GroundingFit:
     grounder: SentenceGrounder
     sentences: dict[str, int]  # validate sentences per kind
+    side_accuracy: dict[str, tuple[float, float]]  # label -> (text, read) on validate
     path: Path
 
 
@@ -135,12 +185,19 @@ def fit_grounding(model_dir: str | Path, validate_count: int = 500, workers: int
     generator = ReportGenerator(folder, grounding=False)
     seeds = benchmark_split("validate").seeds[:validate_count]
     samples = collect_samples(generator, render_cases(seeds, workers))
-    tunings = fit_tunings(samples, min_sentences)
+    tunings = fit_tunings(samples.maps, min_sentences)
+    cutoffs = fit_side_cutoffs(samples.sides, min_sentences)
     grounder = SentenceGrounder(generator.info.labels, tunings,
-                                f"validate split, first {len(seeds)} studies")
+                                f"validate split, first {len(seeds)} studies", cutoffs)
     path = folder / GROUNDING_FILE
     grounder.save(path)
     counts: dict[str, int] = defaultdict(int)
-    for sample in samples:
+    for sample in samples.maps:
         counts[sample.kind] += 1
-    return GroundingFit(grounder, dict(counts), path)
+    accuracy = {}
+    for label, cutoff in cutoffs.items():
+        group = [s for s in samples.sides if s.label == label]
+        accuracy[label] = (float(np.mean([s.stated == s.truth for s in group])),
+                           float(np.mean([side_from_share(s.left_share, cutoff) == s.truth
+                                          for s in group])))
+    return GroundingFit(grounder, dict(counts), accuracy, path)

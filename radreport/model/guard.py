@@ -8,6 +8,9 @@ threshold), the guard makes it, by constrained greedy decoding of that one repor
   a finding the head ruled out, or denies one it found, is decoded again with its first
   token banned, up to ``max_retries`` times per sentence (then it stays, and the services
   flag the disagreement for review);
+- a sentence that puts a lateralised finding on another side than the queries' maps read
+  (``FindingsGuard.sides``, only for labels where that read-out beat the text on
+  validate) is decoded again with its side word banned at that position;
 - a report may not end (EOS) while a finding the head found is unstated, up to
   ``max_eos_bans`` times; if what it writes instead states none of them, it is cut where
   it first tried to end.
@@ -19,8 +22,8 @@ the batched loop serves the rest. NumPy and ONNX Runtime only, like the rest of 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +31,7 @@ from radreport.data.labels import NEGATIVE, with_parents
 from radreport.eval.labeler import label_sentence
 from radreport.model.grounding import report_spans
 from radreport.model.onnx_runtime import PROMPT_IDS, OnnxReportModel
+from radreport.model.query_grounding import SIDE_WORDS, side_of
 from radreport.model.tokenizer import ReportTokenizer, detokenize
 
 # Labels a report states through others: Lung Opacity through its children, and "No
@@ -38,9 +42,11 @@ IMPLIED = frozenset({"No Finding", "Lung Opacity"})
 @dataclass(frozen=True)
 class FindingsGuard:
     present: frozenset[str]  # the head's decisions, closed under CheXpert's rules
+    sides: Mapping[str, str] = field(default_factory=dict)  # label -> the maps' side
 
     def contradicts(self, text: str) -> bool:
-        """Whether a sentence asserts an absent finding or denies a present one."""
+        """Whether a sentence asserts an absent finding, denies a present one, or puts
+        a finding on another side than the maps read."""
         for label, value in label_sentence(text).items():
             if label == "No Finding":
                 continue
@@ -48,7 +54,15 @@ class FindingsGuard:
                 return True
             if value != NEGATIVE and label not in self.present:
                 return True
-        return False
+        return self.wrong_side(text)
+
+    def wrong_side(self, text: str) -> bool:
+        """A positive sentence about a finding with a read side that states another."""
+        stated = side_of(text)
+        if stated is None:
+            return False
+        return any(value != NEGATIVE and self.sides.get(label, stated) != stated
+                   for label, value in label_sentence(text).items())
 
     def missing(self, texts: Iterable[str]) -> set[str]:
         """Present findings that none of ``texts`` states."""
@@ -93,10 +107,11 @@ def guarded_decode(runtime: OnnxReportModel, tokenizer: ReportTokenizer,
         spans = _final_spans(tokenizer, ids, ended)
         bad = next((s for s in spans[checked:] if guard.contradicts(
             detokenize(tokenizer.tokens(ids[s[0]:s[1]]), tokenizer.truecase))), None)
-        if bad is not None and retries[bad[0]] < max_retries:
-            retries[bad[0]] += 1
-            banned[bad[0]].add(ids[bad[0]])
-            del ids[bad[0]:], attention[bad[0]:]  # the cache is cut to fit when next fed
+        at = None if bad is None else _ban_position(tokenizer, guard, ids, bad)
+        if at is not None and retries[at] < max_retries:
+            retries[at] += 1
+            banned[at].add(ids[at])
+            del ids[at:], attention[at:]  # the cache is cut to fit when next fed
             continue
         checked = len(spans)
         if ended:
@@ -117,6 +132,24 @@ def guarded_decode(runtime: OnnxReportModel, tokenizer: ReportTokenizer,
                                           memory_kv)
         choices[len(ids)] = (logits[0, -1], attn[0, -1])
     return GuardedReport(ids, attention)
+
+
+def _ban_position(tokenizer: ReportTokenizer, guard: FindingsGuard, ids: Sequence[int],
+                  span: tuple[int, int]) -> int:
+    """Where a bad sentence is decoded again: at its side word if only its side is wrong
+    (the rest of it stands; at the article before it when the side read is bilateral,
+    "the right lung base" becoming "both lung bases"), else from its first token."""
+    words = tokenizer.tokens(ids[span[0] : span[1]])
+    text = detokenize(words, tokenizer.truecase)
+    if guard.wrong_side(text) and not FindingsGuard(guard.present).contradicts(text):
+        read = {guard.sides.get(label) for label, value in label_sentence(text).items()
+                if value != NEGATIVE}
+        bilateral = "bilateral" in read
+        for offset, word in enumerate(words):
+            if SIDE_WORDS.fullmatch(word.lower()):
+                article = offset > 0 and words[offset - 1].lower() == "the"
+                return span[0] + offset - int(bilateral and article)
+    return span[0]
 
 
 def _final_spans(tokenizer: ReportTokenizer, ids: Sequence[int],

@@ -11,12 +11,19 @@ Every map is then tempered, ``map^gamma``: display and boxes cut a map at a frac
 peak, and gamma sets which contour of the attention that cut follows (a diffuse organ wants
 a low contour, a focal nodule a high one). Weights and gammas are fitted per kind of
 sentence on the validate split (``radreport fit-grounding``) and kept in the model folder's
-``grounding.json``; without that file maps are the decoder's, unchanged. NumPy only.
+``grounding.json``; without that file maps are the decoder's, unchanged.
+
+The same maps say on which side a lateralised finding lies: the share of its condition
+query's attention on the patient's left of the mediastinum query's midline (the image's
+right on a PA view). Where that read-out states the side more accurately than the
+decoder's text on validate, its cut-offs are kept (``side_cutoffs``: below ``c`` right,
+above ``1 - c`` left, else bilateral) and the findings guard holds the text to it. NumPy only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +45,40 @@ LABEL_ORGAN: dict[str, str] = {"Cardiomegaly": "heart", "Enlarged Cardiomediasti
                                "mediastinum", "Fracture": "bones", "Support Devices": "none"}
 PARENT_LABELS = frozenset({"Lung Opacity", "Pneumonia"})  # named through a more specific one
 DEFAULT_KIND = "finding"  # tuning for finding labels too rare in validate to fit alone
+SIDE_WORDS = re.compile(r"\b(left|right|bilateral|both)\b")
+MIDLINE_QUERY = "mediastinum"
+
+
+def side_of(text: str) -> str | None:
+    """left, right or bilateral as a sentence states it; None if it names no one side."""
+    words = set(SIDE_WORDS.findall(text.lower()))
+    if words & {"bilateral", "both"}:
+        return "bilateral"
+    if words == {"left"} or words == {"right"}:
+        return words.pop()
+    return None
+
+
+def left_share(query_maps: np.ndarray, rows: Sequence[int], n_labels: int) -> float:
+    """Share of the ``rows`` queries' attention on the patient's left of the midline.
+
+    query_maps (Q, N) with N a square grid; the midline is the mean column of the
+    mediastinum query's map; the patient's left is the image's right (PA convention).
+    """
+    grid = round(query_maps.shape[1] ** 0.5)
+    centres = np.arange(grid) + 0.5
+    midline_cols = query_maps[n_labels + ANATOMY_QUERIES.index(MIDLINE_QUERY)].reshape(
+        grid, grid).sum(axis=0)
+    midline = float((midline_cols * centres).sum() / max(float(midline_cols.sum()), 1e-12))
+    cols = query_maps[list(rows)].reshape(len(rows), grid, grid).sum(axis=(0, 1))
+    total = float(cols.sum())
+    return float(cols[centres >= midline].sum() / total) if total > 0 else 0.5
+
+
+def side_from_share(share: float, cutoff: float) -> str:
+    if share < cutoff:
+        return "right"
+    return "left" if share > 1.0 - cutoff else "bilateral"
 
 
 @dataclass(frozen=True)
@@ -95,6 +136,15 @@ class SentenceGrounder:
     labels: tuple[str, ...]
     tunings: Mapping[str, MapTuning] = field(default_factory=dict)
     fitted_on: str = ""
+    side_cutoffs: Mapping[str, float] = field(default_factory=dict)  # label -> cutoff
+
+    def sides(self, query_maps: np.ndarray | None) -> dict[str, str]:
+        """The side of each label with a cutoff, read from one image's query maps (Q, N)."""
+        if query_maps is None:
+            return {}
+        return {label: side_from_share(left_share(query_maps, [self.labels.index(label)],
+                                                  len(self.labels)), cutoff)
+                for label, cutoff in self.side_cutoffs.items()}
 
     def refine(self, text: str, decoder_map: np.ndarray,
                query_maps: np.ndarray | None) -> np.ndarray:
@@ -118,7 +168,8 @@ class SentenceGrounder:
     def to_dict(self) -> dict[str, Any]:
         return {"fitted_on": self.fitted_on, "labels": list(self.labels),
                 "kinds": {k: {"query_weight": t.query_weight, "gamma": t.gamma}
-                          for k, t in sorted(self.tunings.items())}}
+                          for k, t in sorted(self.tunings.items())},
+                "side_cutoffs": dict(sorted(self.side_cutoffs.items()))}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -137,4 +188,7 @@ class SentenceGrounder:
         for name, tuning in tunings.items():
             if not (0.0 <= tuning.query_weight <= 1.0 and tuning.gamma > 0):
                 raise ValueError(f"{file}: kind {name!r} has an invalid tuning {tuning}")
-        return cls(tuple(labels), tunings, str(data.get("fitted_on", "")))
+        cutoffs = {str(k): float(v) for k, v in data.get("side_cutoffs", {}).items()}
+        if any(k not in labels or not 0.0 < v < 0.5 for k, v in cutoffs.items()):
+            raise ValueError(f"{file}: side cutoffs must name model labels and lie in (0, 0.5)")
+        return cls(tuple(labels), tunings, str(data.get("fitted_on", "")), cutoffs)

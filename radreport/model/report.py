@@ -254,9 +254,9 @@ class ReportGenerator:
         letterboxes = self._checked(batch, letterboxes)
         encoded, safety, prompt = self._encode(batch, contexts)
         maps = encoded.query_maps
-        reports = [_GrowingReport(letterbox, s, self._guard(s, prompt),
-                                  None if maps is None else maps[i])
-                   for i, (letterbox, s) in enumerate(zip(letterboxes, safety, strict=True))]
+        reports = [_GrowingReport(letterbox, s, self._guard(s, prompt, item_maps), item_maps)
+                   for letterbox, s, item_maps in zip(letterboxes, safety,
+                                                      _rows(maps, len(safety)), strict=True)]
         ends = (self.onnx.eos_id, self.onnx.pad_id)
         for step in self.onnx.greedy_steps(encoded.memory_kv, prompt=prompt):
             for item, report in enumerate(reports):
@@ -286,11 +286,15 @@ class ReportGenerator:
                 yield from self._new_sentences(item, report, box_threshold)
                 yield self._report_decoded(item, report, encoded)
 
-    def _guard(self, safety: StudySafety, prompt: np.ndarray | None) -> FindingsGuard | None:
-        """The findings guard of a prompted (v2) report, unless turned off."""
+    def _guard(self, safety: StudySafety, prompt: np.ndarray | None,
+               query_maps: np.ndarray | None) -> FindingsGuard | None:
+        """The findings guard of a prompted (v2) report, unless turned off: the head's
+        findings, and the sides the query maps read where those are trusted."""
         if prompt is None or not self.guard:
             return None
-        return FindingsGuard(frozenset(safety.findings_present))
+        sides = {label: side for label, side in self.grounder.sides(query_maps).items()
+                 if label in safety.findings_present}
+        return FindingsGuard(frozenset(safety.findings_present), sides)
 
     def _guarded(self, item: int, report: _GrowingReport, encoded: EncoderOutput,
                  prompt: np.ndarray, box_threshold: float,
@@ -372,6 +376,10 @@ class _GrowingReport:
     finished: bool = False  # EOS seen: its ReportDecoded is out
     diverted: bool = False  # broke a guard rule: decoded again alone after the batch
     accepted_end: int = 0  # ids up to the end of the last sentence streamed
+
+
+def _rows(maps: np.ndarray | None, count: int) -> list[np.ndarray | None]:
+    return [None] * count if maps is None else list(maps)
 
 
 def _section_text(sentences: Sequence[ReportSentence], section: str) -> str:

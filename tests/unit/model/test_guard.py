@@ -22,6 +22,16 @@ def test_contradictions_and_omissions_are_read_by_the_labeler() -> None:
                           "Focal consolidation is present in the lingula."]) == set()
 
 
+def test_a_side_other_than_the_maps_read_is_a_contradiction() -> None:
+    guard = FindingsGuard(frozenset({"Pleural Effusion", "Pneumothorax"}),
+                          {"Pleural Effusion": "left"})
+    assert guard.contradicts("Small right pleural effusion.")
+    assert guard.contradicts("There are small bilateral pleural effusions.")
+    assert not guard.contradicts("Small left pleural effusion.")
+    assert not guard.contradicts("Moderate pleural effusion.")  # no side stated
+    assert not guard.contradicts("There is a small right pneumothorax.")  # no side read
+
+
 class ScriptedDecoder:
     """A decoder whose preferences are whole reports, best first; the KV cache carries the
     token history, so cutting the cache (as the guard does to go back) is honoured."""
@@ -50,11 +60,13 @@ class ScriptedDecoder:
         return logits, present, np.full((1, tokens.shape[1], 4), 0.25, dtype=np.float32)
 
 
-def decode(tokenizer: ReportTokenizer, present: set[str], reports: Sequence[str]) -> str:
+def decode(tokenizer: ReportTokenizer, present: set[str], reports: Sequence[str],
+           sides: dict[str, str] | None = None) -> str:
     prompt = tokenizer.encode_prompt([False] * 14)
     runtime = ScriptedDecoder(tokenizer, reports, len(prompt))
     done = guarded_decode(runtime, tokenizer, np.zeros(1), prompt,  # type: ignore[arg-type]
-                          FindingsGuard(frozenset(present)), GuardedReport([], []))
+                          FindingsGuard(frozenset(present), sides or {}),
+                          GuardedReport([], []))
     assert len(done.attention) == len(done.ids)
     return tokenizer.decode(done.ids)
 
@@ -78,3 +90,19 @@ def test_extra_text_that_states_nothing_is_cut(tokenizer: ReportTokenizer) -> No
                   ["FINDINGS: Heart size is normal.",
                    "FINDINGS: Heart size is normal. The soft tissues are unremarkable."])
     assert text == "FINDINGS: Heart size is normal."
+
+
+def test_a_wrong_side_is_decoded_again_from_its_side_word(tokenizer: ReportTokenizer) -> None:
+    """Only the side word (with its article, for a bilateral reading) is banned: the
+    sentence keeps its other words, and its side follows the maps."""
+    reports = ["FINDINGS: Atelectasis at the right lung base. Heart size is normal.",
+               "FINDINGS: Atelectasis at the left lung base. Heart size is normal.",
+               "FINDINGS: Atelectasis at both lung bases. Heart size is normal.",
+               "FINDINGS: The soft tissues are unremarkable. Atelectasis at both lung bases."]
+    text = decode(tokenizer, {"Atelectasis", "Lung Opacity"}, reports,
+                  {"Atelectasis": "bilateral"})
+    assert text == "FINDINGS: Atelectasis at both lung bases. Heart size is normal."
+    text = decode(tokenizer, {"Atelectasis", "Lung Opacity"}, reports, {"Atelectasis": "left"})
+    assert text == "FINDINGS: Atelectasis at the left lung base. Heart size is normal."
+    assert decode(tokenizer, {"Atelectasis", "Lung Opacity"}, reports) == (
+        "FINDINGS: Atelectasis at the right lung base. Heart size is normal.")

@@ -14,7 +14,9 @@ from radreport.model.query_grounding import (
     MapTuning,
     SentenceGrounder,
     blend,
+    left_share,
     sentence_kind,
+    side_from_share,
 )
 
 LABELS = CHEXPERT_LABELS
@@ -93,3 +95,20 @@ def test_pooled_regions_keep_thin_structures() -> None:
     pooled = pooled_region(line)
     assert pooled.shape == (128, 128) and pooled[25].all() and pooled.sum() == 128
     assert grounding_iou(np.ones((4, 4)), pooled_region(np.ones((64, 64), bool))) == 1.0
+
+
+def test_sides_are_read_from_the_query_maps_around_the_midline() -> None:
+    grid = 8
+    maps = np.full((20, grid, grid), 1e-6, dtype=np.float32)
+    maps[ANATOMY + 3, :, 3:5] = 1.0  # the mediastinum query: the image's middle columns
+    maps[10, 5, 6] = 1.0  # the effusion query: the image's right = the patient's left
+    maps[8, 6, 1], maps[8, 6, 6] = 1.0, 0.8  # atelectasis: both bases
+    flat = maps.reshape(20, -1)
+    assert left_share(flat, [10], len(LABELS)) > 0.99
+    assert 0.4 < left_share(flat, [8], len(LABELS)) < 0.5
+    assert [side_from_share(x, 0.15) for x in (0.05, 0.5, 0.9)] == ["right", "bilateral",
+                                                                     "left"]
+    grounder = SentenceGrounder(LABELS, side_cutoffs={"Pleural Effusion": 0.2,
+                                                      "Atelectasis": 0.15})
+    assert grounder.sides(flat) == {"Pleural Effusion": "left", "Atelectasis": "bilateral"}
+    assert grounder.sides(None) == {}
