@@ -15,7 +15,8 @@ class PreprocessSettings(BaseSettings):
     max_pixels: int = Field(default=4096 * 4096, gt=0,
                             description="Images declaring more pixels are refused undecoded")
     clahe: bool = Field(default=False, description="Contrast-limited histogram equalisation")
-    model_dir: Path | None = Field(default=None, description="Model folder (its input size)")
+    model_dir: Path | None = Field(default=None, description=(
+        "Model folder (its input size and input-drift reference)"))
 
 
 @lru_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 
@@ -20,10 +21,13 @@ from services.preprocess.imaging import (
 from services.preprocess.settings import get_preprocess_settings
 
 
+def model_dir() -> Path:
+    return get_preprocess_settings().model_dir or DEFAULT_MODEL_DIR
+
+
 @cache
 def model_input_size() -> int:
-    model_dir = get_preprocess_settings().model_dir or DEFAULT_MODEL_DIR
-    return ModelInfo.load(model_dir / MODEL_INFO_FILE).image_size
+    return ModelInfo.load(model_dir() / MODEL_INFO_FILE).image_size
 
 
 @stage_task("preprocess", ReportStatus.preprocessing, done="preprocessed")
@@ -38,7 +42,7 @@ def preprocess(ctx: StageContext) -> None:
         raise PermanentError(str(err)) from err
     model_input, letterbox = prepare_for_model(decoded, model_input_size(), clahe=settings.clahe)
     ctx.blobs.put_array(report_id, "model_input.npy", model_input[None].astype(np.float32))
-    training = drift.reference()
+    training = drift.reference(model_dir())  # the same model's inputs, at its input size
     if training is not None:
         INPUT_DRIFT.observe(drift.ks_distance(intensity_histogram(model_input), training))
     if not decoded.reduced:  # else the grounding stage decodes the full image itself
