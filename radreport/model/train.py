@@ -84,6 +84,7 @@ class OptimConfig:
     checkpoint_dir: str = ""  # relative to the run directory; "" = the run directory
     device: str = "auto"
     bn_batches: int = 50  # training batches that recompute BatchNorm statistics each epoch
+    init_from: str = ""  # a model folder whose ONNX weights and tokenizer start the run
 
 
 @dataclass(frozen=True)
@@ -533,7 +534,9 @@ def _tokenizer(config: TrainConfig, out_dir: Path, resume: bool) -> ReportTokeni
     path = out_dir / TOKENIZER_FILE
     if resume and path.exists():
         return ReportTokenizer.load(path)
-    tokenizer = build_tokenizer(config)
+    init = config.train.init_from
+    tokenizer = (ReportTokenizer.load(Path(init) / TOKENIZER_FILE) if init
+                 else build_tokenizer(config))
     tokenizer.save(path)
     return tokenizer
 
@@ -548,11 +551,12 @@ def _build(config: TrainConfig, tokenizer: ReportTokenizer, out_dir: Path,
     t = config.train
     model_config = model_config_for(config, tokenizer)
     device = resolve_device(t.device)
-    model = RadReportModel(model_config).to(device)
     train_set = build_dataset(config.data.train_seeds, tokenizer, model_config, config,
                               out_dir, progress, "render train", train=True)
     val_set = build_dataset(config.data.validate_seeds, tokenizer, model_config, config,
                             out_dir, progress, "render validate", train=False)
+    model = (_initial_model(config, model_config, train_set) if t.init_from
+             else RadReportModel(model_config)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     total = t.epochs * math.ceil(len(train_set) / t.batch_size)
     scheduler = make_scheduler(optimizer, t.warmup_steps, total, t.min_lr_ratio)
@@ -560,6 +564,22 @@ def _build(config: TrainConfig, tokenizer: ReportTokenizer, out_dir: Path,
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return Trainer(config, model, optimizer, scheduler, scaler, device, amp_dtype,
                    train_set, val_set)
+
+
+def _initial_model(config: TrainConfig, model_config: ModelConfig,
+                   train_set: RecordDataset) -> RadReportModel:
+    """The ``init_from`` folder's model (onnx_weights.py), its BatchNorm statistics
+    measured on ``bn_batches`` training batches."""
+    from radreport.model.onnx_weights import recover_model
+
+    loader = make_loader(train_set, config, shuffle_seed=7_919)
+    images = (batch["images"] for _, batch in zip(range(config.train.bn_batches), loader,
+                                                    strict=False))
+    model = recover_model(config.train.init_from, images)
+    if model.config != model_config:
+        raise ValueError(f"{config.train.init_from} has another model config than the run's: "
+                         f"{model.config}")
+    return model
 
 
 def _resume(trainer: Trainer, path: Path) -> None:
