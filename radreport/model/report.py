@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 from radreport.data.labels import CHEXPERT_LABELS
 from radreport.data.phantoms.study import Box
@@ -85,8 +84,8 @@ def model_files(model_dir: str | Path, variant: Variant = "fp32") -> tuple[Path,
 def to_model_input(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     """(H, W) float image in [0, 1] -> (size, size) float32, aspect kept, zero padded.
 
-    Area (box) averaging, which equals the block mean the model was trained with when the
-    size divides evenly; the letterbox maps grounding boxes back to original pixels.
+    Resized by area averaging exactly as training resizes (``area_resize``), whatever the
+    ratio; the letterbox maps grounding boxes back to original pixels.
     """
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
@@ -95,12 +94,33 @@ def to_model_input(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
     pixels = np.ascontiguousarray(image, dtype=np.float32)
     if (new_h, new_w) != (height, width):
-        resized = Image.fromarray(pixels, mode="F").resize((new_w, new_h), Image.Resampling.BOX)
-        pixels = np.asarray(resized, dtype=np.float32)
+        pixels = area_resize(pixels, new_h, new_w)
     pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
     canvas = np.zeros((size, size), dtype=np.float32)
     canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = pixels
     return canvas, Letterbox(size, new_w / width, pad_x, pad_y, (height, width))
+
+
+def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Adaptive average pooling, as torch's ``interpolate(mode="area")`` that training uses.
+
+    Output cell ``i`` of ``n`` averages input rows ``floor(i*H/n)`` to ``ceil((i+1)*H/n)``
+    (and likewise columns); at a ratio that is not whole, windows overlap. A box filter
+    (PIL's BOX) weights partial pixels instead: at 512 -> 384 px the two differ by up to
+    0.7 on noise, enough to change what the model finds. Summed-area table, NumPy only.
+    """
+    rows, cols = image.shape
+    r0, r1 = _windows(rows, height)
+    c0, c1 = _windows(cols, width)
+    table = np.zeros((rows + 1, cols + 1), dtype=np.float64)
+    table[1:, 1:] = np.asarray(image, dtype=np.float64).cumsum(axis=0).cumsum(axis=1)
+    sums = table[r1][:, c1] - table[r0][:, c1] - table[r1][:, c0] + table[r0][:, c0]
+    return (sums / ((r1 - r0)[:, None] * (c1 - c0)[None, :])).astype(np.float32)
+
+
+def _windows(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    index = np.arange(out)
+    return (index * size) // out, -((-(index + 1) * size) // out)
 
 
 @dataclass

@@ -26,6 +26,25 @@ def test_square_input_is_the_block_mean_the_model_was_trained_on() -> None:
     assert (letterbox.scale, letterbox.pad_x, letterbox.pad_y) == (0.5, 0, 0)
 
 
+@pytest.mark.parametrize("shape", [(512, 512), (2048, 1700), (300, 200)])
+def test_any_input_is_resized_as_training_resizes(shape: tuple[int, int]) -> None:
+    """512 -> 384 px (the benchmark's studies to v2's input) is not a whole ratio: serving
+    must average the same windows as training's torch area interpolation, not a box filter."""
+    import torch
+
+    from radreport.model.data import area_downsample
+
+    image = np.random.default_rng(1).random(shape, dtype=np.float32)
+    pixels, letterbox = to_model_input(image, 384)
+    h, w = round(shape[0] * letterbox.scale), round(shape[1] * letterbox.scale)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(image)[None, None], size=(h, w),
+                                               mode="area")[0, 0].numpy()
+    top, left = int(letterbox.pad_y), int(letterbox.pad_x)
+    np.testing.assert_allclose(pixels[top : top + h, left : left + w], expected, atol=1e-5)
+    if shape[0] == shape[1]:
+        np.testing.assert_allclose(pixels, area_downsample(image, 384).numpy(), atol=1e-5)
+
+
 def test_wide_input_keeps_its_aspect_and_is_padded_with_zeros() -> None:
     image = np.ones((1000, 2000), dtype=np.float32)
     pixels, letterbox = to_model_input(image, 256)
