@@ -72,7 +72,7 @@ def contact_sheet(
     typer.echo(f"wrote {path}")
 
 
-DEFAULT_TRAIN_CONFIG = Path(__file__).parent / "model" / "configs" / "default.toml"
+DEFAULT_TRAIN_CONFIG = Path(__file__).parent / "model" / "configs" / "v2.toml"
 
 
 @app.command()

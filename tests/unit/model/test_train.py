@@ -26,7 +26,8 @@ from radreport.model.train import (
 )
 
 TINY = Path(__file__).parents[3] / "radreport" / "model" / "configs" / "tiny.toml"
-DEFAULT = TINY.with_name("default.toml")
+DEFAULT = TINY.with_name("v2.toml")  # what `radreport train` runs without --config
+V1 = TINY.with_name("v1.toml")
 
 
 def tiny(*overrides: str) -> TrainConfig:
@@ -99,8 +100,9 @@ def test_overrides_parse_and_type_check() -> None:
         tiny("train.amp=fp8")
 
 
-def test_default_config_loads_and_round_trips(tmp_path: Path) -> None:
-    config = load_config(DEFAULT)
+@pytest.mark.parametrize("path", [DEFAULT, V1, TINY.with_name("v2-finetune.toml")])
+def test_shipped_configs_load_and_round_trip(path: Path, tmp_path: Path) -> None:
+    config = load_config(path)
     assert config.train.grad_clip == 1.0 and config.data.study_size == 512
     (tmp_path / "c.toml").write_text(config_to_toml(config))
     assert load_config(tmp_path / "c.toml") == config
