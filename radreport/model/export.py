@@ -216,12 +216,39 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
 
 
 def convert_fp16(src: str | Path, dst: str | Path) -> Path:
-    """FP16 weights and compute, float32 at the graph boundary so callers do not change."""
+    """FP16 weights and compute, float32 at the graph boundary so callers do not change.
+
+    Nodes that compute from shapes only (an attention scale ``d ** -0.5`` traced from a
+    tensor's size) stay float32: converted, their Cast nodes disagree with the types the
+    graph declares and ONNX Runtime refuses to load it (v2's query blocks did).
+    """
     from onnxconverter_common import float16
 
-    proto = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    proto = onnx.load(str(src))
+    with warnings.catch_warnings():  # weights below fp16's range are clipped: expected
+        warnings.simplefilter("ignore")
+        proto = float16.convert_float_to_float16(
+            proto, keep_io_types=True, node_block_list=shape_only_nodes(proto.graph))
     onnx.save(proto, str(dst))
     return Path(dst)
+
+
+def shape_only_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Names of the nodes computing from tensor shapes (``Shape`` and what follows from it
+    alone), in topological order; nodes that touch the inputs' values are not among them."""
+    data = {i.name for i in graph.input}
+    shaped: set[str] = set()
+    names: list[str] = []
+    for node in graph.node:
+        if node.op_type == "Shape":
+            shaped.update(node.output)
+            names.append(node.name)
+        elif any(i in data for i in node.input):
+            data.update(node.output)
+        elif any(i in shaped for i in node.input):
+            shaped.update(node.output)
+            names.append(node.name)
+    return names
 
 
 def write_model_folder(checkpoint: dict[str, Any], tokenizer_path: str | Path,

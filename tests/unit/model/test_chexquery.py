@@ -229,3 +229,25 @@ def test_batchnorm_statistics_are_recomputed_from_training_batches(
         fresh = model.encode(images).label_logits
     assert (stale - batch_stats).abs().max() > 10 * (fresh - batch_stats).abs().max()
     torch.testing.assert_close(fresh, batch_stats, atol=2e-3, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # FP16 range truncation notices
+def test_fp16_variant_of_a_v2_model_loads_and_agrees(tokenizer: ReportTokenizer,
+                                                     tmp_path: Path) -> None:
+    """The query blocks' attention scale is shape arithmetic, which stays float32."""
+    from radreport.model.export import convert_fp16
+
+    torch.manual_seed(2)
+    model = RadReportModel(v2_config(tokenizer.vocab_size)).eval()
+    tokenizer.save(tmp_path / "tokenizer.json")
+    write_model_folder(model.checkpoint(), tmp_path / "tokenizer.json", tmp_path / "m", "v", "0",
+                       variants=["fp16"])
+    image = np.random.default_rng(2).random((2, 1, 64, 64), dtype=np.float32)
+    full, half = (ort.InferenceSession(str(tmp_path / "m" / name)).run(None, {"image": image})
+                  for name in ("encoder.onnx", "encoder.fp16.onnx"))
+    for a, b in zip(full, half, strict=True):
+        assert b.dtype == np.float32
+        np.testing.assert_allclose(b, a, atol=2e-2)
+    draft = ReportGenerator(tmp_path / "m", "fp16").generate([image[0, 0]])[0]
+    assert draft.token_ids == ReportGenerator(tmp_path / "m").generate([image[0, 0]])[0].token_ids
+    assert convert_fp16  # the converter write_model_folder used
