@@ -291,13 +291,20 @@ def fit_safety_command(
         min=0.0, max=0.5, help="Validate studies the OOD threshold flags.")] = 0.01,
     workers: Annotated[int, typer.Option(min=1, help="Processes rendering studies.")
                        ] = os.cpu_count() or 1,
+    variant: Annotated[str, typer.Option(
+        help="Precision variant whose outputs are calibrated (int8, fp16: writes "
+        "calibration.<variant>.json).")] = "fp32",
 ) -> None:
     """Calibrate a model folder on the validate split: temperatures, thresholds, uncertain
     bands and the OOD gate (writes calibration.json; never reads the test split)."""
     from radreport.model.fit_safety import fit_safety
+    from radreport.model.report import VARIANTS
 
+    if variant not in VARIANTS:
+        raise typer.BadParameter(f"expected one of {VARIANTS}", param_hint="--variant")
     fit = fit_safety(model, validate, train, workers, critical_sensitivity,
-                     max_review_rate=max_review_rate, ood_flag_rate=ood_flag_rate)
+                     max_review_rate=max_review_rate, ood_flag_rate=ood_flag_rate,
+                     variant=variant)
     calibration = fit.net.calibration
     assert calibration is not None
     for name, label in zip(calibration.labels, calibration.per_label, strict=True):

@@ -28,7 +28,12 @@ from radreport.data.labels import CHEXPERT_LABELS, POSITIVE
 from radreport.data.phantoms.generator import generate_study
 from radreport.model.calibration import Calibration, logits_from_probs
 from radreport.model.ood import MahalanobisScorer
-from radreport.model.report import CALIBRATION_FILE, ReportGenerator, to_model_input
+from radreport.model.report import (
+    CALIBRATION_FILE,
+    ReportGenerator,
+    Variant,
+    to_model_input,
+)
 from radreport.model.safety import SafetyNet
 
 
@@ -86,10 +91,11 @@ class SafetyFit:
 def fit_safety(model_dir: str | Path, validate_count: int = 1000, train_count: int = 2000,
                workers: int = 1, critical_sensitivity: float = 1.0,
                min_specificity: float = 0.9, max_review_rate: float = 0.2,
-               ood_flag_rate: float = 0.01) -> SafetyFit:
-    """Fit and write ``calibration.json`` into ``model_dir``; see the module docstring."""
+               ood_flag_rate: float = 0.01, variant: Variant = "fp32") -> SafetyFit:
+    """Fit and write ``calibration.json`` into ``model_dir`` (``calibration.<variant>.json``
+    for another variant, fitted on that variant's own outputs); see the module docstring."""
     folder = Path(model_dir)
-    generator = ReportGenerator(folder)
+    generator = ReportGenerator(folder, variant)
     validate = encode_seeds(generator, benchmark_split("validate").seeds[:validate_count],
                             workers)
     train = encode_seeds(generator, benchmark_split("train").seeds[:train_count], workers)
@@ -100,6 +106,6 @@ def fit_safety(model_dir: str | Path, validate_count: int = 1000, train_count: i
     scorer = MahalanobisScorer.fit(train.features)
     scorer = scorer.with_threshold(scorer.score(validate.features), ood_flag_rate)
     net = SafetyNet(generator.info.labels, calibration, scorer)
-    path = folder / CALIBRATION_FILE
+    path = folder / (CALIBRATION_FILE if variant == "fp32" else f"calibration.{variant}.json")
     net.save(path)
     return SafetyFit(net, validate, path)

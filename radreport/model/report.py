@@ -81,6 +81,14 @@ def model_files(model_dir: str | Path, variant: Variant = "fp32") -> tuple[Path,
     return folder / f"encoder{infix}.onnx", folder / f"decoder_step{infix}.onnx"
 
 
+def calibration_file(model_dir: str | Path, variant: Variant = "fp32") -> Path:
+    """The safety net fitted on a variant's own outputs (``calibration.int8.json``), else
+    the FP32 one: quantised features move enough to matter to the OOD gate."""
+    folder = Path(model_dir)
+    own = folder / f"calibration.{variant}.json"
+    return own if variant != "fp32" and own.exists() else folder / CALIBRATION_FILE
+
+
 def to_model_input(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     """(H, W) float image in [0, 1] -> (size, size) float32, aspect kept, zero padded.
 
@@ -201,7 +209,7 @@ class ReportGenerator:
                                       providers=providers or DEFAULT_PROVIDERS, options=options)
         self.onnx = runtime
         self.variant = variant
-        self.safety_net = SafetyNet.load(folder / CALIBRATION_FILE, self.info.labels)
+        self.safety_net = SafetyNet.load(calibration_file(folder, variant), self.info.labels)
         self.grounder = (SentenceGrounder.load(folder / GROUNDING_FILE, self.info.labels)
                          if grounding else SentenceGrounder(self.info.labels))
         self.guard = guard  # v2 only: see guard.py
