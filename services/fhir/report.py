@@ -273,7 +273,7 @@ def _diagnostic_report(draft: Draft, findings: list[StructuredFinding],
         "imagingStudy": [_imaging_study(ctx)],
         "media": [{"comment": sentence.text, "link": _ref("Media", f"Media/{index}", ctx)}
                   for index, sentence in enumerate(draft.sentences)] or None,
-        "conclusion": draft.impression,
+        "conclusion": draft.impression or None,  # FHIR strings may not be empty
         "presentedForm": [{
             "contentType": "text/plain; charset=utf-8",
             "language": "en",

@@ -148,10 +148,14 @@ async def save_text(report_id: str, text: ReportText, services: ServicesDep,
 
 
 @router.post("/reports/{report_id}/sign",
-             responses={404: {"description": "Unknown report"}, 409: {"description": "Not ready"}})
+             responses={404: {"description": "Unknown report"}, 409: {"description": "Not ready"},
+                        422: {"description": "Empty impression"}})
 async def sign_report(report_id: str, text: ReportText, services: ServicesDep,
                       principal: Radiologists, client: ClientDep) -> dict[str, object]:
     """Sign the report with this text: the FHIR DiagnosticReport becomes final."""
+    if not text.impression.strip():
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            "a report is signed with an impression, and this one is empty")
     report = await _review(services, report_id, principal, client, text, sign=True)
     return review_view(report)
 

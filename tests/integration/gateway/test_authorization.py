@@ -135,3 +135,25 @@ def test_denials_and_reads_are_audited(stack: LocalStack, report_id: str) -> Non
     assert ("owner-ris", "create", "success") in outcomes
     assert ("other-ris", "read", "denied") in outcomes
     assert ("dr-house", "read", "success") in outcomes
+
+
+def test_an_empty_impression_is_not_signed_and_is_saved_as_text(stack: LocalStack,
+                                                                 report_id: str) -> None:
+    """Sign-off needs an impression (422, nothing changes); an edit may leave it empty, and
+    the FHIR report then has no conclusion rather than an invalid empty one."""
+    headers = _callers(stack)["radiologist"]
+    url = f"{stack.config.gateway_url}/api/v1/reports/{report_id}"
+    before = httpx.get(url, headers=headers, timeout=60).json()
+    empty = {"findings": "The lungs are clear.", "impression": "  "}
+    refused = httpx.post(f"{url}/sign", json=empty, headers=headers, timeout=60)
+    assert refused.status_code == 422 and "impression" in refused.text
+    after = httpx.get(url, headers=headers, timeout=60).json()
+    keys = ("review_status", "signed_by", "signed_at", "impression")
+    assert {k: after.get(k) for k in keys} == {k: before.get(k) for k in keys}
+    saved = httpx.put(f"{url}/text", json={**empty, "impression": ""}, headers=headers,
+                      timeout=60)
+    assert saved.status_code == 200, saved.text
+    bundle = httpx.get(f"{url}/fhir", headers=headers, timeout=60).json()
+    report = next(e["resource"] for e in bundle["entry"]
+                  if e["resource"]["resourceType"] == "DiagnosticReport")
+    assert "conclusion" not in report
