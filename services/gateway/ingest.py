@@ -41,13 +41,21 @@ def resolve_image_path(root: Path, image_path: str) -> Path:
     if image_path.startswith(("s3://", "gs://", "http://", "https://")):
         raise IngestError(422, "image_path must be a file path; use image_url for URLs",
                           "bad_path")
+    if "\x00" in image_path:
+        raise IngestError(422, "image_path contains a NUL character", "bad_path")
     base = root.resolve()
     candidate = Path(image_path)
-    target = (candidate if candidate.is_absolute() else base / candidate).resolve()
-    if not target.is_relative_to(base):  # "..", absolute elsewhere, or a symlink out
+    try:
+        target = (candidate if candidate.is_absolute() else base / candidate).resolve()
+        inside = target.is_relative_to(base)
+        is_file = inside and target.is_file()
+    except (OSError, RuntimeError):  # a symlink loop, a name too long for the file system
+        raise IngestError(422, "image_path cannot be resolved to a file",
+                          "bad_path") from None
+    if not inside:  # "..", absolute elsewhere, or a symlink out
         raise IngestError(403, "image_path is outside the configured image root",
                           "path_outside_root")
-    if not target.is_file():
+    if not is_file:
         raise IngestError(404, "image_path does not name a file below the image root",
                           "path_not_found")
     return target

@@ -44,6 +44,20 @@ def test_paths_resolve_only_inside_the_root(tmp_path: Path) -> None:
         resolve_image_path(root, "s3://bucket/study.dcm")
 
 
+def test_unresolvable_paths_are_bad_requests_not_server_errors(tmp_path: Path) -> None:
+    """A symlink loop, a NUL byte and a name component too long for the file system each
+    get a 422 with a message that does not repeat the path."""
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "loop-a").symlink_to(root / "loop-b")
+    (root / "loop-b").symlink_to(root / "loop-a")
+    for bad in ("loop-a", "ward/a\x00.dcm", "x" * 300 + ".dcm"):
+        with pytest.raises(IngestError) as refused:
+            resolve_image_path(root, bad)
+        assert refused.value.status == 422 and refused.value.reason == "bad_path", bad
+        assert bad not in str(refused.value)
+
+
 def test_formats_are_sniffed_from_content(dicom_bytes: bytes) -> None:
     assert sniff_format(dicom_bytes) == "dicom"
     assert sniff_format(b"\x89PNG\r\n\x1a\n" + b"\0" * 10) == "png"
