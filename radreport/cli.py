@@ -332,10 +332,10 @@ def fit_grounding_command(
     for kind, tuning in sorted(fit.grounder.tunings.items()):
         typer.echo(f"{kind:<36} query weight {tuning.query_weight:4.2f} gamma "
                    f"{tuning.gamma:4.2f} ({fit.sentences.get(kind, '-')} sentences)")
-    for label, cutoff in fit.grounder.side_cutoffs.items():
-        text, read = fit.side_accuracy[label]
-        typer.echo(f"side of {label:<27} read from its query map, cutoff {cutoff:.2f}: "
-                   f"validate accuracy {read:.3f} (text {text:.3f})")
+    for label, side in fit.sides.items():
+        typer.echo(f"side of {label:<27} read from its query map, cutoff {side.cutoff:.2f}: "
+                   f"validate accuracy {side.read_accuracy:.3f} "
+                   f"(text {side.text_accuracy:.3f})")
     typer.echo(f"wrote {fit.path}")
 
 

@@ -35,6 +35,7 @@ from radreport.model.query_grounding import (
     MapTuning,
     SentenceGrounder,
     blend,
+    kind_query_map,
     left_share,
     sentence_kind,
     side_from_share,
@@ -105,36 +106,41 @@ def _collect(labels: Sequence[str], text: str, section: str, heatmap: np.ndarray
     if reference is not None:
         mask: np.ndarray | None = reference.mask
         truth = side_of(reference.text)
-        lateral = [k for k in LATERAL_LABELS if kind.name == f"finding:{k}"]
-        if maps is not None and truth is not None and lateral:
-            share = left_share(maps, [labels.index(lateral[0])], len(labels))
-            samples.sides.append(SideSample(lateral[0], share, truth, side_of(text)))
+        label = kind.name.removeprefix("finding:")
+        if maps is not None and truth is not None and label in LATERAL_LABELS:
+            share = left_share(maps, [labels.index(label)], len(labels))
+            samples.sides.append(SideSample(label, share, truth, side_of(text)))
     else:
         organ = anatomy_region(text)
         mask = case.anatomy.get(organ) if organ is not None else None
-    if mask is None:
-        return
-    query = None
-    if maps is not None and kind.query_rows:
-        query = maps[list(kind.query_rows)].mean(axis=0).reshape(heatmap.shape)
-    samples.maps.append(GroundingSample(kind.name, heatmap, query, pooled_region(mask)))
+    if mask is not None:
+        samples.maps.append(GroundingSample(kind.name, heatmap,
+                                            kind_query_map(kind, maps, heatmap.shape),
+                                            pooled_region(mask)))
+
+
+@dataclass(frozen=True)
+class SideFit:
+    cutoff: float
+    text_accuracy: float  # of the side the generated sentences state
+    read_accuracy: float  # of the side read from the query map at ``cutoff``
 
 
 def fit_side_cutoffs(samples: Sequence[SideSample], min_sentences: int = 20,
-                     ) -> dict[str, float]:
+                     ) -> dict[str, SideFit]:
     """Per label, the cutoff whose read side beats the text's on validate, if one does."""
-    cutoffs: dict[str, float] = {}
+    fits: dict[str, SideFit] = {}
     for label in sorted({s.label for s in samples}):
         group = [s for s in samples if s.label == label]
         if len(group) < min_sentences:
             continue
-        text = np.mean([s.stated == s.truth for s in group])
+        text = float(np.mean([s.stated == s.truth for s in group]))
         scored = [(float(np.mean([side_from_share(s.left_share, c) == s.truth for s in group])),
                    c) for c in SIDE_CUTOFFS]
         accuracy, cutoff = max(scored)  # ties: the larger cutoff (a wider bilateral band)
         if accuracy > text:
-            cutoffs[label] = cutoff
-    return cutoffs
+            fits[label] = SideFit(cutoff, text, accuracy)
+    return fits
 
 
 def _score(samples: Sequence[GroundingSample], tuning: MapTuning) -> float:
@@ -174,7 +180,7 @@ def fit_tunings(samples: Sequence[GroundingSample], min_sentences: int = 20,
 class GroundingFit:
     grounder: SentenceGrounder
     sentences: dict[str, int]  # validate sentences per kind
-    side_accuracy: dict[str, tuple[float, float]]  # label -> (text, read) on validate
+    sides: dict[str, SideFit]  # labels whose side is read from the query maps
     path: Path
 
 
@@ -186,18 +192,13 @@ def fit_grounding(model_dir: str | Path, validate_count: int = 500, workers: int
     seeds = benchmark_split("validate").seeds[:validate_count]
     samples = collect_samples(generator, render_cases(seeds, workers))
     tunings = fit_tunings(samples.maps, min_sentences)
-    cutoffs = fit_side_cutoffs(samples.sides, min_sentences)
+    sides = fit_side_cutoffs(samples.sides, min_sentences)
     grounder = SentenceGrounder(generator.info.labels, tunings,
-                                f"validate split, first {len(seeds)} studies", cutoffs)
+                                f"validate split, first {len(seeds)} studies",
+                                {label: fit.cutoff for label, fit in sides.items()})
     path = folder / GROUNDING_FILE
     grounder.save(path)
     counts: dict[str, int] = defaultdict(int)
     for sample in samples.maps:
         counts[sample.kind] += 1
-    accuracy = {}
-    for label, cutoff in cutoffs.items():
-        group = [s for s in samples.sides if s.label == label]
-        accuracy[label] = (float(np.mean([s.stated == s.truth for s in group])),
-                           float(np.mean([side_from_share(s.left_share, cutoff) == s.truth
-                                          for s in group])))
-    return GroundingFit(grounder, dict(counts), accuracy, path)
+    return GroundingFit(grounder, dict(counts), sides, path)

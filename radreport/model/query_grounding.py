@@ -112,6 +112,14 @@ def sentence_kind(text: str, labels: Sequence[str]) -> SentenceKind:
     return SentenceKind(f"organ:{organ}", rows)
 
 
+def kind_query_map(kind: SentenceKind, query_maps: np.ndarray | None,
+                   shape: tuple[int, ...]) -> np.ndarray | None:
+    """The mean of the kind's query maps (Q, N) in ``shape``; None without any."""
+    if query_maps is None or not kind.query_rows:
+        return None
+    return query_maps[list(kind.query_rows)].mean(axis=0).reshape(shape)
+
+
 def blend(decoder_map: np.ndarray, query_map: np.ndarray | None, tuning: MapTuning,
           ) -> np.ndarray:
     """``(decoder^(1-w) * query^w)^gamma``, normalised to sum 1 (shape of the input)."""
@@ -153,10 +161,7 @@ class SentenceGrounder:
         tuning = self.tuning(kind.name)
         if tuning == MapTuning():
             return decoder_map  # no tuning: the decoder's own map, as v1 serves it
-        query = None
-        if query_maps is not None and kind.query_rows:
-            query = query_maps[list(kind.query_rows)].mean(axis=0).reshape(decoder_map.shape)
-        return blend(decoder_map, query, tuning)
+        return blend(decoder_map, kind_query_map(kind, query_maps, decoder_map.shape), tuning)
 
     def tuning(self, kind: str) -> MapTuning:
         if kind in self.tunings:
