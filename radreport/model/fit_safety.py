@@ -29,10 +29,10 @@ from radreport.data.phantoms.generator import generate_study
 from radreport.model.calibration import Calibration, logits_from_probs
 from radreport.model.ood import MahalanobisScorer
 from radreport.model.report import (
-    CALIBRATION_FILE,
     ReportGenerator,
     Variant,
     to_model_input,
+    variant_calibration_file,
 )
 from radreport.model.safety import SafetyNet
 
@@ -106,6 +106,6 @@ def fit_safety(model_dir: str | Path, validate_count: int = 1000, train_count: i
     scorer = MahalanobisScorer.fit(train.features)
     scorer = scorer.with_threshold(scorer.score(validate.features), ood_flag_rate)
     net = SafetyNet(generator.info.labels, calibration, scorer)
-    path = folder / (CALIBRATION_FILE if variant == "fp32" else f"calibration.{variant}.json")
+    path = variant_calibration_file(folder, variant)
     net.save(path)
     return SafetyFit(net, validate, path)

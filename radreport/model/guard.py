@@ -47,6 +47,10 @@ class FindingsGuard:
     def contradicts(self, text: str) -> bool:
         """Whether a sentence asserts an absent finding, denies a present one, or puts
         a finding on another side than the maps read."""
+        return self.misstates_findings(text) or self.wrong_side(text)
+
+    def misstates_findings(self, text: str) -> bool:
+        """Whether a sentence asserts an absent finding or denies a present one."""
         for label, value in label_sentence(text).items():
             if label == "No Finding":
                 continue
@@ -54,7 +58,7 @@ class FindingsGuard:
                 return True
             if value != NEGATIVE and label not in self.present:
                 return True
-        return self.wrong_side(text)
+        return False
 
     def wrong_side(self, text: str) -> bool:
         """A positive sentence about a finding with a read side that states another."""
@@ -141,7 +145,7 @@ def _ban_position(tokenizer: ReportTokenizer, guard: FindingsGuard, ids: Sequenc
     "the right lung base" becoming "both lung bases"), else from its first token."""
     words = tokenizer.tokens(ids[span[0] : span[1]])
     text = detokenize(words, tokenizer.truecase)
-    if guard.wrong_side(text) and not FindingsGuard(guard.present).contradicts(text):
+    if guard.wrong_side(text) and not guard.misstates_findings(text):
         read = {guard.sides.get(label) for label, value in label_sentence(text).items()
                 if value != NEGATIVE}
         bilateral = "bilateral" in read

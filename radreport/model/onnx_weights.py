@@ -21,7 +21,6 @@ new data) its weights are read back from ``encoder.onnx`` and ``decoder_step.onn
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,8 +33,8 @@ from torch import Tensor, nn
 
 from radreport.model.config import ModelConfig
 from radreport.model.model import RadReportModel
+from radreport.model.report import MODEL_INFO_FILE, ModelInfo
 
-MODEL_INFO_FILE = "model.json"
 KV_SCOPE = re.compile(r"^/kv(?:_(\d+))?/MatMul$")
 
 
@@ -67,8 +66,7 @@ def _batchnorm_of(conv: str) -> str:
 def load_weights(folder: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     """The model config and a complete state dict read from a folder's FP32 graphs."""
     folder = Path(folder)
-    info = json.loads((folder / MODEL_INFO_FILE).read_text())
-    config = ModelConfig.from_dict(info["model_config"])
+    config = ModelConfig.from_dict(ModelInfo.load(folder / MODEL_INFO_FILE).extra["model_config"])
     expected = RadReportModel(config).state_dict()
     state: dict[str, Tensor] = {}
     for file in ("encoder.onnx", "decoder_step.onnx"):

@@ -81,12 +81,18 @@ def model_files(model_dir: str | Path, variant: Variant = "fp32") -> tuple[Path,
     return folder / f"encoder{infix}.onnx", folder / f"decoder_step{infix}.onnx"
 
 
+def variant_calibration_file(model_dir: str | Path, variant: Variant = "fp32") -> Path:
+    """Where a variant's own safety net lives: ``calibration.json`` for FP32,
+    ``calibration.<variant>.json`` for the others (``fit-safety --variant``)."""
+    name = CALIBRATION_FILE if variant == "fp32" else f"calibration.{variant}.json"
+    return Path(model_dir) / name
+
+
 def calibration_file(model_dir: str | Path, variant: Variant = "fp32") -> Path:
     """The safety net fitted on a variant's own outputs (``calibration.int8.json``), else
     the FP32 one: quantised features move enough to matter to the OOD gate."""
-    folder = Path(model_dir)
-    own = folder / f"calibration.{variant}.json"
-    return own if variant != "fp32" and own.exists() else folder / CALIBRATION_FILE
+    own = variant_calibration_file(model_dir, variant)
+    return own if own.exists() else variant_calibration_file(model_dir)
 
 
 def to_model_input(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
