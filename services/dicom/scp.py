@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 import ssl
+import zlib
+from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.uid import (
     JPEG2000,
@@ -35,6 +38,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
@@ -122,11 +126,20 @@ class StorageSCP:
             event.assoc.kill()  # returns once the A-ASSOCIATE-RJ has left
 
     def handle_store(self, event: evt.Event) -> int:
+        limit = self.settings.max_instance_bytes
+        request = cast(C_STORE, event.request)
+        with cast(BytesIO, request.DataSet).getbuffer() as encoded:
+            size = dataset_size(encoded, UID(event.context.transfer_syntax), limit)
+        if size > limit:
+            INSTANCES_REJECTED.labels("too_large").inc()
+            log.warning("C-STORE refused: the dataset exceeds the size limit")
+            return OUT_OF_RESOURCES
         try:
             ds = event.dataset
             meta = event.file_meta
             uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
             path = instance_path(self.root, *uids)
+            check_identity(ds, request.AffectedSOPClassUID)
             check_pixel_data(ds, meta.TransferSyntaxUID)
             data = event.encoded_dataset()
         except BadUidError:
@@ -145,6 +158,8 @@ class StorageSCP:
         try:
             self.record(ds, meta, path, event.assoc.requestor.ae_title, new)
         except Exception:
+            if new:  # no file on disk that nothing records
+                path.unlink(missing_ok=True)
             INSTANCES_REJECTED.labels("unexpected").inc()
             log.exception("C-STORE: could not record the instance")
             return UNEXPECTED
@@ -176,6 +191,29 @@ class StorageSCP:
             else:
                 study.last_received_at = now
                 study.instances += int(new)
+
+
+def dataset_size(encoded: memoryview, transfer_syntax: UID, limit: int) -> int:
+    """Bytes the dataset takes decoded; a deflated one is inflated in chunks and discarded,
+    stopping once past ``limit`` (pynetdicom inflates whole, without a limit: a bomb)."""
+    if not transfer_syntax.is_deflated:
+        return encoded.nbytes
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    size, pending = 0, bytes(encoded)
+    try:
+        while pending and size <= limit:
+            size += len(inflater.decompress(pending, 1 << 20))
+            pending = inflater.unconsumed_tail
+        size += len(inflater.flush(1 << 20)) if size <= limit else 0
+    except zlib.error:
+        return size  # corrupt: left to the decoder, which refuses it as undecodable
+    return size
+
+
+def check_identity(ds: Dataset, affected_sop_class: UID | None) -> None:
+    """Raise unless the dataset names its SOP class, and the same one as the request."""
+    if str(ds.get("SOPClassUID", "")).strip("\0 ") != str(affected_sop_class).strip("\0 "):
+        raise ValueError("SOP Class UID missing or unlike the request's")
 
 
 def check_pixel_data(ds: Any, transfer_syntax: UID) -> None:

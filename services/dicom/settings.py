@@ -24,6 +24,10 @@ class DicomSettings(BaseSettings):
     dimse_timeout_s: float = 30.0
     network_timeout_s: float = 60.0
     storage_dir: Path | None = Field(default=None, description="Default: data_dir/dicom")
+    max_instance_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0,
+        description="Largest dataset accepted, measured inflated for Deflated syntaxes; "
+                    "larger ones answer A700 before they are decoded")
     min_free_bytes: int = Field(default=256 * 1024 * 1024,
                                 description="Below this free space, C-STORE answers A700")
     study_idle_s: float = Field(default=10.0, gt=0,

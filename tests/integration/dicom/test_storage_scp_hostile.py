@@ -1,0 +1,171 @@
+"""Hostile C-STOREs against the Storage SCP in-process, sent byte for byte by a pynetdicom
+peer (its chunked send does not re-encode the file): a deflate bomb, a dataset without its
+SOP class, and a UID whose length swallows the patient's identity. Each gets a failure
+status, leaves no file behind, and writes nothing identifying to the log."""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
+from pynetdicom import AE, _config
+
+from radreport.serving.tritonserver import free_port
+from services.common.logs import configure_logging
+from services.common.store import Store
+from services.dicom.metrics import INSTANCES_REJECTED
+from services.dicom.scp import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, StorageSCP
+from services.dicom.settings import DicomSettings
+
+pytestmark = pytest.mark.integration
+
+CR = UID("1.2.840.10008.5.1.4.1.1.1")
+CANARIES = ("CANARYFAMILY", "CANARYGIVEN", "CANARYPID9", "19011231", "CANARYDOC")
+
+
+@pytest.fixture
+def scp(tmp_path: Path) -> Iterator[StorageSCP]:
+    store = Store(f"sqlite:///{tmp_path / 'reports.db'}")
+    store.migrate()
+    scp = StorageSCP(DicomSettings(port=free_port(), max_instance_bytes=32 * 1024 * 1024),
+                     store, tmp_path / "instances")
+    scp.start()
+    try:
+        yield scp
+    finally:
+        scp.stop()
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, warnings.showwarning
+    configure_logging("INFO")
+    stream = io.StringIO()
+    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    try:
+        yield stream
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        warnings.showwarning = saved[2]
+
+
+def _send_file(scp: StorageSCP, path: Path, syntax: UID) -> int:
+    """C-STORE the file's bytes as they are, over one association."""
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(CR, syntax)
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title="RADREPORT")
+        assert assoc.is_established
+        status = assoc.send_c_store(path)
+        assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+    return int(status.Status)
+
+
+def _header(sop_class: UID | None = CR) -> Dataset:
+    ds = Dataset()
+    if sop_class is not None:
+        ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
+    ds.Rows = ds.Columns = 512
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    return ds
+
+
+def _write(path: Path, ds: Dataset, syntax: UID, body: bytes) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", CR)
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    with path.open("wb") as out:
+        out.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
+        out.write(body)
+    return path
+
+
+def _elements(ds: Dataset) -> bytes:
+    buffer = pydicom.filebase.DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(scp: StorageSCP,
+                                                         tmp_path: Path) -> None:
+    """1 MB of zeros deflates to 1 KB; 200 MB to ~200 KB: far past the 32 MB limit."""
+    ds = _header()
+    ds.Rows = ds.Columns = 10_000  # 200 MB of 16-bit pixels, declared honestly
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = [deflater.compress(_elements(ds) + b"\xe0\x7f\x10\x00OW\0\0"
+                              + struct.pack("<I", 200_000_000))]
+    zeros = bytes(1 << 20)
+    body += [deflater.compress(zeros) for _ in range(190)]
+    body += [deflater.compress(bytes(200_000_000 - 190 * len(zeros))), deflater.flush()]
+    path = _write(tmp_path / "bomb.dcm", ds, DeflatedExplicitVRLittleEndian, b"".join(body))
+    assert path.stat().st_size < 1_000_000
+    refused = INSTANCES_REJECTED.labels("too_large")._value.get()
+    assert _send_file(scp, path, DeflatedExplicitVRLittleEndian) == OUT_OF_RESOURCES
+    assert INSTANCES_REJECTED.labels("too_large")._value.get() == refused + 1
+    assert not list(scp.root.rglob("*"))
+
+
+def test_a_deflated_instance_within_the_limit_is_stored(scp: StorageSCP,
+                                                        tmp_path: Path) -> None:
+    ds = _header()
+    ds.PixelData = bytes(512 * 512 * 2)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = deflater.compress(_elements(ds)) + deflater.flush()
+    path = _write(tmp_path / "ok.dcm", ds, DeflatedExplicitVRLittleEndian, body)
+    assert _send_file(scp, path, DeflatedExplicitVRLittleEndian) == 0x0000
+    assert len(list(scp.root.rglob("*.dcm"))) == 1
+
+
+def test_a_dataset_without_its_sop_class_is_refused_and_not_written(
+        scp: StorageSCP, tmp_path: Path) -> None:
+    ds = _header(sop_class=None)
+    ds.PixelData = bytes(512 * 512 * 2)
+    path = _write(tmp_path / "anonymous.dcm", ds, ExplicitVRLittleEndian, _elements(ds))
+    assert _send_file(scp, path, ExplicitVRLittleEndian) == CANNOT_UNDERSTAND
+    assert not list(scp.root.rglob("*"))
+
+
+def test_a_uid_that_swallows_the_identity_leaves_no_trace_in_the_log(
+        scp: StorageSCP, tmp_path: Path, log_stream: io.StringIO) -> None:
+    ds = _header()
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.ReferringPhysicianName = "CANARYDOC^X"
+    ds.PatientName, ds.PatientID = "CANARYFAMILY^CANARYGIVEN", "CANARYPID9"
+    ds.PatientBirthDate = "19011231"
+    ds.PixelData = bytes(512 * 512 * 2)
+    raw = bytearray(_elements(ds))
+    at = raw.find(b"\x08\x00\x18\x00UI")  # SOP Instance UID, just before the identity
+    raw[at + 6] += 80
+    path = _write(tmp_path / "swallowing.dcm", ds, ExplicitVRLittleEndian, bytes(raw))
+    assert _send_file(scp, path, ExplicitVRLittleEndian) == CANNOT_UNDERSTAND
+    written = log_stream.getvalue()
+    assert '"logger": "pydicom"' in written  # the library did warn
+    assert not any(canary in written for canary in CANARIES)
+    assert not list(scp.root.rglob("*"))
