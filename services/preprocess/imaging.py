@@ -64,6 +64,14 @@ LOW_CONTRAST: Final = 0.15  # 1st-99th percentile spread below this: washed out 
 SMALL_SIDE_PX: Final = 384  # a side below the model's 384 px input: upsampled, detail invented
 QUALITY_SAMPLE_SIDE: Final = 512  # percentiles on a strided sample: same answer, ~16x faster
 CLAHE_CLIP_LIMIT: Final = 0.01  # scikit-image's default; higher amplifies noise in the lungs
+# What objectively cannot be a radiograph is refused, not reported (the OOD gate flags the
+# rest): a side under 256 px, a bit depth outside the DX Image Module's 6 to 16 (PS3.3
+# C.8.11.7), no contrast at all (98% of it within one 8-bit grey level), colour.
+MIN_SIDE_PX: Final = 256
+BITS_STORED_RANGE: Final = (6, 16)
+BLANK_SPREAD: Final = 1 / 255
+COLOUR_LEVELS: Final = 16  # channels this many 8-bit levels apart ...
+COLOUR_SHARE: Final = 0.01  # ... on more than this share of pixels: a colour picture
 
 # --- what we accept ------------------------------------------------------------------------
 RADIOGRAPH_MODALITIES: Final = frozenset({"CR", "DX"})
@@ -115,9 +123,10 @@ class InputRefused(ValueError):
     """An image we will not report on.
 
     ``reason`` is a stable code for metrics and APIs: not_dicom_or_image, corrupt_dicom (the
-    header is cut or unreadable), corrupt_pixel_data, too_large, wrong_modality, not_chest,
-    unsupported_sop_class, unsupported_photometric, unsupported_transfer_syntax. The message
-    is for people and carries no PHI.
+    header is cut or unreadable), corrupt_pixel_data, too_large, too_small, wrong_modality,
+    not_chest, unsupported_sop_class, unsupported_photometric, unsupported_transfer_syntax,
+    unsupported_bit_depth, non_finite_pixels, blank_image, colour_image. The message is for
+    people and carries no PHI.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -189,6 +198,31 @@ def check_chest_radiograph(metadata: Mapping[str, Any]) -> None:
         said = _closed_term("photometric interpretation", photometric, _KNOWN_PHOTOMETRICS)
         raise InputRefused("unsupported_photometric", f"{said} is not grayscale (MONOCHROME1 "
                            "or MONOCHROME2)")
+    check_dimensions(_count(metadata["Rows"], 0), _count(metadata["Columns"], 0))
+    if "BitsStored" in metadata:
+        check_bit_depth(_count(metadata["BitsStored"], 0))
+
+
+def check_dimensions(rows: int, columns: int) -> None:
+    if min(rows, columns) < MIN_SIDE_PX:
+        raise InputRefused("too_small", f"the image is {rows}x{columns} pixels; a radiograph "
+                           f"has at least {MIN_SIDE_PX} on each side")
+
+
+def check_bit_depth(bits: int) -> None:
+    low, high = BITS_STORED_RANGE
+    if not low <= bits <= high:
+        raise InputRefused("unsupported_bit_depth", f"{bits} bits per pixel; a radiograph "
+                           f"has {low} to {high}")
+
+
+def check_content(pixels: np.ndarray) -> None:
+    """Refuse decoded pixels that are not numbers or hold no image at all (constant, blank)."""
+    if not np.isfinite(pixels).all():
+        raise InputRefused("non_finite_pixels", "the pixel values are not all finite numbers")
+    low, high = np.percentile(_quality_sample(pixels), [1, 99])
+    if high - low < BLANK_SPREAD:
+        raise InputRefused("blank_image", "the image is blank: it has no contrast at all")
 
 
 def _closed_term(attribute: str, value: str, vocabulary: frozenset[str]) -> str:
@@ -304,6 +338,7 @@ def _load_dicom(data: bytes, max_pixels: int, max_bytes: int,
     except BaseException as err:  # Rust codecs panic with pyo3's PanicException (BaseException)
         raise InputRefused("corrupt_pixel_data", "the DICOM pixel data could not be "
                            "decoded") from err
+    check_content(pixels)
     display = _display_view(ds, frame, pixels)
     quality = quality_of(pixels, _count(metadata.get("BitsStored"), 0) or None)
     if (metadata["SOPClassUID"] == str(DigitalXRayImageStorageForProcessing)
@@ -497,6 +532,9 @@ def _model_view(ds: Dataset, frame: np.ndarray) -> np.ndarray:
     """Modality LUT, scaled by its full output range, MONOCHROME1 inverted: as in training."""
     values = np.asarray(apply_modality_lut(frame, ds), dtype=np.float64)
     low, high = _stored_range(ds)
+    if not (np.isfinite(values).all() and np.isfinite([low, high]).all()):
+        raise InputRefused("non_finite_pixels", "the modality LUT (Rescale Slope and "
+                           "Intercept) gives values that are not finite numbers")
     scaled = (values - low) / (high - low) if high != low else np.zeros_like(values)
     if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
         scaled = 1.0 - scaled
@@ -536,6 +574,9 @@ def _load_picture(data: bytes, source: SourceFormat, max_pixels: int) -> Decoded
         with Image.open(io.BytesIO(data), formats=[source.upper()]) as image:
             width, height = image.size  # from the header; nothing decoded yet
             _check_size(width * height, max_pixels)
+            check_dimensions(height, width)
+            if image.mode == "1":
+                check_bit_depth(1)
             image.load()
             upright = ImageOps.exif_transpose(image)  # as every viewer shows it
             if upright.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale PNG
@@ -543,6 +584,7 @@ def _load_picture(data: bytes, source: SourceFormat, max_pixels: int) -> Decoded
                 pixels = np.asarray(upright, dtype=np.float32) / 65535.0
             else:
                 bits = 8
+                _check_grey(upright)
                 pixels = np.asarray(upright.convert("L"), dtype=np.float32) / 255.0
     except InputRefused:
         raise
@@ -553,8 +595,19 @@ def _load_picture(data: bytes, source: SourceFormat, max_pixels: int) -> Decoded
         raise InputRefused("corrupt_pixel_data", f"the {source.upper()} image could not be "
                            "decoded") from err
     pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
+    check_content(pixels)
     metadata = {"Rows": pixels.shape[0], "Columns": pixels.shape[1], "BitsStored": bits}
     return DecodedImage(pixels, pixels, source, quality_of(pixels, bits), metadata)
+
+
+def _check_grey(image: Image.Image) -> None:
+    """Refuse a colour picture; grey stored as RGB (or a grey palette) is fine."""
+    if image.mode in ("L", "LA", "I;16", "I;16B", "I;16L", "I", "F"):
+        return
+    rgb = _quality_sample(np.asarray(image.convert("RGB"))).astype(np.int16)
+    apart = (rgb.max(axis=-1) - rgb.min(axis=-1)) > COLOUR_LEVELS
+    if apart.mean() > COLOUR_SHARE:
+        raise InputRefused("colour_image", "the image is in colour; a radiograph is grayscale")
 
 
 # --- quality and model input -----------------------------------------------------------------
@@ -566,9 +619,7 @@ def quality_of(pixels: np.ndarray, bits_stored: int | None = None) -> ImageQuali
     Lossy compression is not poor by itself: archives store lossy images routinely.
     """
     height, width = pixels.shape
-    step_y, step_x = max(1, height // QUALITY_SAMPLE_SIDE), max(1, width // QUALITY_SAMPLE_SIDE)
-    sample = pixels[::step_y, ::step_x]
-    low, high = np.percentile(sample, [1, 99])
+    low, high = np.percentile(_quality_sample(pixels), [1, 99])
     spread = float(high - low)
     reasons = []
     if spread < LOW_CONTRAST:
@@ -577,6 +628,12 @@ def quality_of(pixels: np.ndarray, bits_stored: int | None = None) -> ImageQuali
         reasons.append("small_image")
     return ImageQuality(width=width, height=height, bits_stored=bits_stored,
                         dynamic_range=round(spread, 4), poor_reasons=reasons)
+
+
+def _quality_sample(pixels: np.ndarray) -> np.ndarray:
+    """A strided sample about QUALITY_SAMPLE_SIDE on a side: percentiles barely move."""
+    height, width = pixels.shape[:2]
+    return pixels[::max(1, height // QUALITY_SAMPLE_SIDE), ::max(1, width // QUALITY_SAMPLE_SIDE)]
 
 
 def prepare_for_model(decoded: DecodedImage, size: int,

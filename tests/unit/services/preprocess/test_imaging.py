@@ -306,6 +306,9 @@ def test_metadata_holds_image_identifiers_and_no_person(tmp_path: Path,
     ({"SOPClassUID": CTImageStorage}, "unsupported_sop_class"),
     ({"PhotometricInterpretation": "RGB"}, "unsupported_photometric"),
     ({"PhotometricInterpretation": "YBR_FULL"}, "unsupported_photometric"),
+    ({"Rows": 200}, "too_small"),
+    ({"BitsStored": 1}, "unsupported_bit_depth"),
+    ({"BitsStored": 5}, "unsupported_bit_depth"),
 ])
 def test_what_is_not_a_chest_radiograph_is_refused_undecoded(
         tmp_path: Path, study: PhantomStudy, no_decoding: None, change: dict[str, str],
@@ -444,8 +447,9 @@ def test_png_8_and_16_bit(tmp_path: Path, truth: np.ndarray, dtype: type, scale:
 
 def test_a_dark_16_bit_png_is_not_mistaken_for_8_bit(tmp_path: Path) -> None:
     path = tmp_path / "dark.png"
-    Image.fromarray(np.full((300, 300), 200, dtype=np.uint16)).save(path)
-    assert load_image(path).pixels.max() == pytest.approx(200 / 65535)
+    dark = np.tile(np.arange(300, dtype=np.uint16) * 4, (300, 1))  # 0 to 1196 of 65535
+    Image.fromarray(dark).save(path)
+    assert load_image(path).pixels.max() == pytest.approx(1196 / 65535)
 
 
 def test_jpeg_and_colour_inputs_become_grayscale(tmp_path: Path, truth: np.ndarray) -> None:
@@ -473,6 +477,55 @@ def test_png_limits_and_damage(tmp_path: Path) -> None:
         ">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
         + _chunk(b"IEND", b""))
     assert _refused(bomb, max_pixels=10**10).reason == "too_large"
+
+
+# --- what cannot be a radiograph (issue 16, items 8 and 10) ---------------------------------
+
+
+def _png(tmp_path: Path, name: str, array: np.ndarray, mode: str | None = None) -> Path:
+    path = tmp_path / name
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(path, format="PNG")
+    return path
+
+
+def test_pictures_that_cannot_be_radiographs_are_refused(tmp_path: Path,
+                                                         truth: np.ndarray) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8)
+    cases = {
+        "one_pixel": (np.zeros((1, 1), np.uint8), None, "too_small"),
+        "narrow": (noise[:, :255], None, "too_small"),
+        "constant": (np.full((300, 300), 117, np.uint8), None, "blank_image"),
+        "one_bit_noise": (noise, "1", "unsupported_bit_depth"),
+        "colour": (np.random.default_rng(1).integers(0, 256, (300, 300, 3), np.uint8), None,
+                   "colour_image"),
+        "colour_palette": (np.random.default_rng(2).integers(0, 256, (300, 300, 3), np.uint8),
+                           "P", "colour_image"),
+    }
+    for name, (array, mode, reason) in cases.items():
+        assert _refused(_png(tmp_path, f"{name}.png", array, mode)).reason == reason, name
+    grey = np.round(truth * 255).astype(np.uint8)  # grey in an RGB or palette file is fine
+    assert load_image(_png(tmp_path, "grey_palette.png", grey, "P")).pixels.shape == grey.shape
+
+
+def test_a_non_finite_rescale_is_refused_as_bad_input(tmp_path: Path,
+                                                      study: PhantomStudy) -> None:
+    for slope in ("NaN", "inf"):
+        ds = build_dataset(study, _options())
+        ds.RescaleSlope, ds.RescaleIntercept = slope, "0"
+        assert _refused(_save(ds, tmp_path / "rescale.dcm")).reason == "non_finite_pixels"
+
+
+def test_a_zero_rescale_slope_is_refused_as_blank(tmp_path: Path, study: PhantomStudy) -> None:
+    ds = build_dataset(study, _options())
+    ds.RescaleSlope, ds.RescaleIntercept = "0", "100"
+    assert _refused(_save(ds, tmp_path / "flat.dcm")).reason == "blank_image"
+
+
+def test_a_constant_dicom_is_refused_as_blank(tmp_path: Path, study: PhantomStudy) -> None:
+    ds = build_dataset(study, _options())
+    ds.PixelData = bytes(len(ds.PixelData))
+    assert _refused(_save(ds, tmp_path / "zeros.dcm")).reason == "blank_image"
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
