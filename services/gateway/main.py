@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
 
@@ -110,7 +111,12 @@ def create_app() -> FastAPI:
     async def record_metrics(request: Request,
                              call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:  # counted like any answer; the body names nothing internal
+            log.exception("unhandled error answering %s", request.method)
+            response = JSONResponse({"detail": "internal server error", "reason": "internal"},
+                                    status_code=500)
         route = request.scope.get("route")
         template = getattr(route, "path", "unmatched")  # templates only: no ids in labels
         HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - start)
