@@ -7,19 +7,37 @@ blob store, never sent through the broker).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from radreport.model.grounding import Letterbox
 
 # A study id is an identifier, not free text: it becomes part of blob paths and queries.
 StudyId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$",
                                examples=["STUDY-12345", "1.2.840.113619.2.55.3.604688"])]
+
+
+def _as_utc(value: datetime) -> datetime:
+    """The store keeps UTC without a zone (SQLite drops it); RFC 3339 needs the offset."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# A timestamp that always carries its offset, as the OpenAPI date-time format requires.
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 # (x0, y0, x1, y1) in pixels of the original image, x0 < x1 and y0 < y1
 BoundingBox = tuple[int, int, int, int]
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: our own words (never header text or other PHI) and, where there
+    is one, a stable code for programs; request validation lists its errors instead."""
+
+    detail: str | list[dict[str, Any]]
+    reason: str | None = Field(default=None, description="A stable code, e.g. too_large, "
+                                                         "corrupt_dicom, not_chest")
 
 
 class ReportStatus(StrEnum):
@@ -136,13 +154,13 @@ class ReportPublic(BaseModel):
         default_factory=dict, description="Time spent in each pipeline stage")
     review_status: Literal["draft", "signed", "amended"] = "draft"
     signed_by: str | None = None
-    signed_at: datetime | None = None
+    signed_at: UtcDatetime | None = None
     edit_distance: float | None = Field(
         default=None, description="Normalised edit distance of the reviewed text from the AI "
                                   "draft (findings and impression shown are the reviewed text)")
     model_version: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class ReportSummary(BaseModel):
@@ -150,7 +168,7 @@ class ReportSummary(BaseModel):
     study_id: str
     status: ReportStatus
     model_version: str
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class DraftSentence(BaseModel):

@@ -35,7 +35,8 @@ async def readiness_checks(services: Services) -> dict[str, str]:
     return checks
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Redis, Triton or the store is not "
+                                                                 "ready; checks say which"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     """Ready when Redis, Triton (model loaded) and the store all answer; 503 otherwise."""
     checks = await readiness_checks(services)
@@ -44,6 +45,9 @@ async def readyz(services: ServicesDep) -> JSONResponse:
                         status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {
+    "description": "Prometheus text exposition format",
+    "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
 async def metrics() -> Response:
+    """Every metric of this process; labels hold no ids and no PHI."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -28,13 +28,15 @@ from services.common.store import Report
 from services.gateway import actions
 from services.gateway.deps import ClientDep, Readers, Requesters, Services, ServicesDep
 from services.gateway.ingest import IngestError, check_size
+from services.gateway.openapi import AUTHENTICATED, error_responses, inline_defs
 from services.gateway.views import report_url, to_public, to_summary
 from services.grounding.render import grounding_maps, overlay
 
-router = APIRouter(prefix="/api/v1", tags=["reports"])
+router = APIRouter(prefix="/api/v1", tags=["reports"],
+                   responses=error_responses(*AUTHENTICATED))
 
 GENERATE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": GenerateRequest.model_json_schema()},
+    "application/json": {"schema": inline_defs(GenerateRequest.model_json_schema())},
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["study_id", "file"],
         "properties": {
@@ -104,10 +106,7 @@ def _answer(report: Report) -> JSONResponse:
 @router.post(
     "/reports/generate", openapi_extra=GENERATE_BODY, response_model=ReportPublic,
     responses={202: {"description": "Accepted; poll the Location", "model": ReportPublic},
-               403: {"description": "image_path outside the image root"},
-               413: {"description": "Image too large"},
-               415: {"description": "Not DICOM, PNG or JPEG"},
-               422: {"description": "Invalid request, or an image we cannot report on"}})
+               **error_responses(404, 413, 415)})
 async def generate_report(request: Request, services: ServicesDep, principal: Requesters,
                           client: ClientDep,
                           prefer: Annotated[str | None, Header()] = None) -> JSONResponse:
@@ -149,7 +148,7 @@ def _completed(report: Report) -> None:
 
 
 @router.get("/reports/{report_id}", response_model=ReportPublic,
-            responses={404: {"description": "Unknown report"}})
+            responses=error_responses(404))
 async def get_report(report_id: str, services: ServicesDep, principal: Readers,
                      client: ClientDep) -> ReportPublic:
     return to_public(await _readable(services, report_id, principal, client, "report"))
@@ -157,8 +156,7 @@ async def get_report(report_id: str, services: ServicesDep, principal: Readers,
 
 @router.get("/reports/{report_id}/fhir",
             responses={200: {"content": {"application/fhir+json": {}}},
-                       404: {"description": "Unknown report"},
-                       409: {"description": "Not completed yet"}})
+                       **error_responses(404, 409)})
 async def get_report_fhir(report_id: str, services: ServicesDep, principal: Readers,
                           client: ClientDep) -> Response:
     """The report as an HL7 FHIR R4 Bundle: DiagnosticReport, Observations, Provenance."""
@@ -169,8 +167,7 @@ async def get_report_fhir(report_id: str, services: ServicesDep, principal: Read
 
 
 @router.get("/reports/{report_id}/grounding",
-            responses={404: {"description": "Unknown report"},
-                       409: {"description": "Not completed yet"}})
+            responses=error_responses(404, 409))
 async def get_report_grounding(report_id: str, services: ServicesDep, principal: Readers,
                                client: ClientDep) -> Response:
     """Per-sentence grounding maps over the model input, the letterbox, and boxes."""
@@ -183,8 +180,7 @@ async def get_report_grounding(report_id: str, services: ServicesDep, principal:
 @router.get("/reports/{report_id}/sentences/{index}/overlay.png",
             response_class=FileResponse,
             responses={200: {"content": {"image/png": {}}},
-                       404: {"description": "Unknown report or sentence"},
-                       409: {"description": "Not completed yet"}})
+                       **error_responses(404, 409)})
 async def get_sentence_overlay(report_id: str, index: int, services: ServicesDep,
                                principal: Readers, client: ClientDep,
                                size: Annotated[str, Query(pattern="^(full|preview)$")] = "full",

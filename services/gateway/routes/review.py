@@ -7,7 +7,6 @@ report edit rate of our design docs, the product's primary quality measure).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -18,7 +17,7 @@ from rapidfuzz.distance import Levenshtein
 
 from services.common.auth import Principal
 from services.common.metrics import EDIT_DISTANCE, REPORTS_SIGNED
-from services.common.schemas import ReportStatus
+from services.common.schemas import ReportPublic, ReportStatus, UtcDatetime
 from services.common.store import Report, utcnow
 from services.fhir.bundle import rewrite_bundle
 from services.fhir.report import FhirReportStatus
@@ -32,11 +31,13 @@ from services.gateway.deps import (
     Services,
     ServicesDep,
 )
+from services.gateway.openapi import AUTHENTICATED, error_responses
 from services.gateway.routes.reports import _completed, _readable
 from services.gateway.views import to_public
 from services.grounding.render import plain_image
 
-router = APIRouter(prefix="/api/v1", tags=["review"])
+router = APIRouter(prefix="/api/v1", tags=["review"],
+                   responses=error_responses(*AUTHENTICATED))
 FHIR_STATUS: dict[str, FhirReportStatus] = {"draft": "preliminary", "signed": "final",
                                             "amended": "amended"}
 
@@ -54,7 +55,7 @@ class WorklistItem(BaseModel):
     priority: Literal["critical", "review", "routine"]
     critical_findings: list[str]
     requires_radiologist_review: bool | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class ReportText(BaseModel):
@@ -63,7 +64,7 @@ class ReportText(BaseModel):
 
 
 class AuditRecord(BaseModel):
-    at: datetime
+    at: UtcDatetime
     actor: str
     action: str
     resource_type: str
@@ -138,8 +139,8 @@ async def _review(services: Services, report_id: str, principal: Principal,
     return updated
 
 
-@router.put("/reports/{report_id}/text",
-            responses={404: {"description": "Unknown report"}, 409: {"description": "Not ready"}})
+@router.put("/reports/{report_id}/text", response_model=ReportPublic,
+            responses=error_responses(404, 409))
 async def save_text(report_id: str, text: ReportText, services: ServicesDep,
                     principal: Radiologists, client: ClientDep) -> dict[str, object]:
     """Save the radiologist's findings and impression (a signed report becomes amended)."""
@@ -147,9 +148,8 @@ async def save_text(report_id: str, text: ReportText, services: ServicesDep,
     return review_view(report)
 
 
-@router.post("/reports/{report_id}/sign",
-             responses={404: {"description": "Unknown report"}, 409: {"description": "Not ready"},
-                        422: {"description": "Empty impression"}})
+@router.post("/reports/{report_id}/sign", response_model=ReportPublic,
+             responses=error_responses(404, 409))
 async def sign_report(report_id: str, text: ReportText, services: ServicesDep,
                       principal: Radiologists, client: ClientDep) -> dict[str, object]:
     """Sign the report with this text: the FHIR DiagnosticReport becomes final."""
@@ -165,7 +165,7 @@ def review_view(report: Report) -> dict[str, object]:
 
 
 @router.get("/reports/{report_id}/image.png", response_class=FileResponse,
-            responses={200: {"content": {"image/png": {}}}})
+            responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409)})
 async def study_image(report_id: str, services: ServicesDep, principal: Readers,
                       client: ClientDep,
                       size: Annotated[str, Query(pattern="^(full|preview)$")] = "preview",
