@@ -21,11 +21,11 @@ from services.common.intake import accept_study
 from services.common.metrics import INPUT_REJECTED
 from services.common.schemas import ReportRequestBase, ReportStatus
 from services.common.store import Report
+from services.gateway.fetch import FetchPolicy, fetch_image
 from services.gateway.ingest import (
     IngestError,
     check_image,
     check_size,
-    fetch_url,
     read_capped,
     resolve_image_path,
 )
@@ -111,8 +111,9 @@ async def image_from_path(services: Services, image_path: str) -> bytes:
 
 async def image_from_url(services: Services, url: str) -> bytes:
     settings = services.settings
-    return await run_in_threadpool(fetch_url, url, settings.max_upload_bytes,
-                                   settings.fetch_timeout_s)
+    return await fetch_image(url, FetchPolicy.of(
+        settings.image_url_hosts, settings.image_url_schemes,
+        settings.image_url_allowed_networks, settings.max_upload_bytes, settings.fetch_timeout_s))
 
 
 async def stored_study_image(services: Services, study_id: str,

@@ -1,4 +1,4 @@
-"""Getting a study's image into the blob store safely: path, URL or upload.
+"""Getting a study's image into the blob store safely: a path or an upload (URLs: fetch.py).
 
 Everything here refuses bad input before a report exists: a path outside the image root
 (including through a symlink), a download or upload over the size cap, bytes that are not
@@ -12,7 +12,6 @@ import io
 from pathlib import Path
 from typing import Literal
 
-import httpx
 import pydicom
 from pydicom.errors import InvalidDicomError
 
@@ -70,25 +69,6 @@ def check_size(size: int, max_bytes: int) -> None:
 def read_capped(path: Path, max_bytes: int) -> bytes:
     check_size(path.stat().st_size, max_bytes)
     return path.read_bytes()
-
-
-def fetch_url(url: str, max_bytes: int, timeout_s: float) -> bytes:
-    """Download with a size cap and a deadline; a failed download is the client's 422."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=False) as response:
-            if response.status_code != 200:
-                raise IngestError(422, f"image_url answered HTTP {response.status_code}",
-                                  "fetch_failed")
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                check_size(size, max_bytes)
-                chunks.append(chunk)
-    except httpx.HTTPError as err:
-        raise IngestError(422, f"image_url could not be fetched ({type(err).__name__})",
-                          "fetch_failed") from err
-    return b"".join(chunks)
 
 
 def check_image(data: bytes, max_pixels: int) -> tuple[ImageFormat, dict[str, object]]:

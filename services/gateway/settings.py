@@ -35,7 +35,18 @@ class GatewaySettings(BaseSettings):
                             description="Images declaring more pixels are refused unread")
     sync_wait_s: float = Field(default=30.0, ge=0,
                                description="How long a synchronous generate waits, then 202")
-    fetch_timeout_s: float = Field(default=10.0, gt=0, description="image_url download limit")
+    fetch_timeout_s: float = Field(default=10.0, gt=0,
+                                   description="Total deadline of an image_url download")
+    image_url_hosts: list[str] = Field(
+        default_factory=list, description="Host names image_url may fetch from (JSON list); "
+                                          "empty: image_url is refused")
+    image_url_schemes: list[str] = Field(default_factory=lambda: ["https"],
+                                         description="Schemes image_url may use")
+    image_url_allowed_networks: list[str] = Field(
+        default_factory=list, description="Non-public networks (CIDR) an allowed host may "
+                                          "nonetheless resolve to, e.g. an in-hospital image "
+                                          "server; loopback, private and link-local addresses "
+                                          "are refused otherwise")
     stall_sweep_s: float = Field(default=300.0, ge=0, description="Re-queue reports accepted "
                                  "but not started after this long; 0: off")
     audit_syslog: str | None = Field(default=None,
