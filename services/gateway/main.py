@@ -19,6 +19,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
+from starlette.routing import compile_path
+from starlette.types import Scope
 
 from radreport.model.report import DEFAULT_MODEL_DIR, MODEL_INFO_FILE, ModelInfo
 from radreport.serving.client import ReportClient
@@ -30,6 +32,7 @@ from services.common.pipeline import submit
 from services.common.queue import DEAD_LETTER_KEY, STAGE_QUEUES
 from services.common.settings import get_common_settings
 from services.common.store import Store
+from services.gateway.body_limits import BodyLimits
 from services.gateway.deps import Services
 from services.gateway.grpc_api import start_grpc
 from services.gateway.routes import health, reports, review
@@ -106,6 +109,9 @@ def create_app() -> FastAPI:
     app.include_router(review.router)
     app.include_router(health.router)
     app.mount("/review", StaticFiles(directory=STATIC, html=True), name="review")
+    settings = get_gateway_settings()
+    app.add_middleware(BodyLimits, multipart_max_bytes=settings.max_upload_bytes,
+                       deadline_s=settings.body_timeout_s)
 
     @app.middleware("http")
     async def record_metrics(request: Request,
@@ -117,8 +123,7 @@ def create_app() -> FastAPI:
             log.exception("unhandled error answering %s", request.method)
             response = JSONResponse({"detail": "internal server error", "reason": "internal"},
                                     status_code=500)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")  # templates only: no ids in labels
+        template = route_template(app, request.scope)  # templates only: no ids in labels
         HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - start)
         HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
         if request.url.path.startswith("/review"):
@@ -126,6 +131,18 @@ def create_app() -> FastAPI:
         return response
 
     return app
+
+
+def route_template(app: FastAPI, scope: Scope) -> str:
+    """The matched route's path template; for an answer given before routing (a body that
+    BodyLimits refused), the documented path whose pattern the request's path matches."""
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    if not hasattr(app.state, "path_patterns"):
+        app.state.path_patterns = [(compile_path(path)[0], path) for path in app.openapi()["paths"]]
+    return next((path for pattern, path in app.state.path_patterns
+                 if pattern.match(scope["path"])), "unmatched")
 
 
 def main(argv: list[str] | None = None) -> None:

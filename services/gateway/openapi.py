@@ -20,6 +20,7 @@ DESCRIPTIONS = {
     503: "A dependency (Redis, the store) is unavailable; retry after Retry-After",
 }
 AUTHENTICATED = (401, 403, 422, 500)
+WITH_BODY = (408, 413)
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

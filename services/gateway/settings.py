@@ -31,6 +31,8 @@ class GatewaySettings(BaseSettings):
     image_root: Path = Field(default=PROJECT_ROOT / "var" / "images",
                              description="image_path must resolve below this folder")
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0,
+                                  description="A request body not all received by then: 408")
     max_pixels: int = Field(default=4096 * 4096, gt=0,
                             description="Images declaring more pixels are refused unread")
     sync_wait_s: float = Field(default=30.0, ge=0,

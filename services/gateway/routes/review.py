@@ -31,7 +31,7 @@ from services.gateway.deps import (
     Services,
     ServicesDep,
 )
-from services.gateway.openapi import AUTHENTICATED, error_responses
+from services.gateway.openapi import AUTHENTICATED, WITH_BODY, error_responses
 from services.gateway.routes.reports import _completed, _readable
 from services.gateway.views import to_public
 from services.grounding.render import plain_image
@@ -140,7 +140,7 @@ async def _review(services: Services, report_id: str, principal: Principal,
 
 
 @router.put("/reports/{report_id}/text", response_model=ReportPublic,
-            responses=error_responses(404, 409))
+            responses=error_responses(404, 409, *WITH_BODY))
 async def save_text(report_id: str, text: ReportText, services: ServicesDep,
                     principal: Radiologists, client: ClientDep) -> dict[str, object]:
     """Save the radiologist's findings and impression (a signed report becomes amended)."""
@@ -149,7 +149,7 @@ async def save_text(report_id: str, text: ReportText, services: ServicesDep,
 
 
 @router.post("/reports/{report_id}/sign", response_model=ReportPublic,
-             responses=error_responses(404, 409))
+             responses=error_responses(404, 409, *WITH_BODY))
 async def sign_report(report_id: str, text: ReportText, services: ServicesDep,
                       principal: Radiologists, client: ClientDep) -> dict[str, object]:
     """Sign the report with this text: the FHIR DiagnosticReport becomes final."""

@@ -1,5 +1,6 @@
-"""Schemathesis against the running stack's own OpenAPI document, as a radiologist: every
-answer is documented (status, content type, body schema) and none is a server error.
+"""The gateway keeps its published contract, on the running stack. Schemathesis against its
+own OpenAPI document, as a radiologist: every answer is documented (status, content type,
+body schema) and none is a server error; bodies over the cap are refused unread.
 
 A small, fixed-seed budget keeps ``make test`` quick; the full run (10,000+ cases) belongs
 to the chaos command (issue 16, R10)."""
@@ -74,3 +75,16 @@ def test_real_answers_about_a_real_report_match_the_document(
             if template.endswith("/reports/{report_id}"):
                 created = datetime.fromisoformat(response.json()["created_at"])
                 assert created.utcoffset() == timedelta(0)
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(stack: LocalStack) -> None:
+    token = stack.config.token("service", "owner-ris")
+    response = httpx.post(f"{stack.config.gateway_url}/api/v1/reports/generate", timeout=60,
+                          headers={"Authorization": f"Bearer {token}",
+                                   "Content-Type": "application/json"},
+                          content=b'{"study_id": "' + b"A" * (2 * 1024 * 1024) + b'"}')
+    assert (response.status_code, response.json()["reason"]) == (413, "body_too_large")
+    metrics = httpx.get(f"{stack.config.gateway_url}/metrics", timeout=30).text
+    counted = [line for line in metrics.splitlines()
+               if line.startswith("radreport_http_requests_total") and 'status="413"' in line]
+    assert counted and 'route="/api/v1/reports/generate"' in counted[0], counted
