@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ class BlobStore:
         if "/" in name.replace("overlays/", "", 1) or name.startswith("."):
             raise ValueError(f"bad blob name {name!r}")
         return self.folder(report_id) / name
+
+    def remove(self, report_id: str) -> None:
+        """Delete a report's folder (a report discarded before it was queued)."""
+        shutil.rmtree(self.folder(report_id), ignore_errors=True)
 
     def put_bytes(self, report_id: str, name: str, data: bytes) -> Path:
         return write_atomic(self.path(report_id, name), data)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+from kombu.exceptions import OperationalError
+
 from services.common import events
 from services.common.blobs import BlobStore
 from services.common.metrics import STUDIES_INGESTED
@@ -18,11 +21,17 @@ from services.common.store import Report, Store
 EXTENSIONS = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}
 
 
+class QueueUnavailable(RuntimeError):
+    """The broker cannot take the report's chain now; nothing of the report was kept."""
+
+
 def accept_study(store: Store, blobs: BlobStore, *, study_id: str, model_version: str,
                  request: dict[str, Any], image: bytes, image_format: str,
                  metadata: dict[str, Any], source: str, force: bool = False,
                  ) -> tuple[Report, bool]:
-    """The study's report and whether it is new; a new one is queued."""
+    """The study's report and whether it is new; a new one is queued, or, if the broker
+    cannot take it, discarded (row and image) and QueueUnavailable raised: nothing is
+    left accepted that nothing would process."""
     report, created = store.create_or_get(study_id, model_version, request, force)
     if created:
         name = f"input.{EXTENSIONS[image_format]}"
@@ -33,7 +42,12 @@ def accept_study(store: Store, blobs: BlobStore, *, study_id: str, model_version
             "series_instance_uid": metadata.get("SeriesInstanceUID"),
             "sop_instance_uid": metadata.get("SOPInstanceUID"),
             "sop_class_uid": metadata.get("SOPClassUID")})
-        events.publish(redis_client(), report.id, "status", stage="queued")
-        submit(report.id)
+        try:
+            events.publish(redis_client(), report.id, "status", stage="queued")
+            submit(report.id)
+        except (redis.RedisError, OperationalError) as err:
+            store.discard_unqueued(report.id)
+            blobs.remove(report.id)
+            raise QueueUnavailable("the report queue (Redis) is unavailable") from err
         STUDIES_INGESTED.labels(source).inc()
     return report, created

@@ -30,6 +30,9 @@ INPUT_REJECTED = Counter("radreport_inputs_rejected_total", "Inputs refused befo
                          ["reason"])
 REPORTS_FINISHED = Counter("radreport_reports_finished_total", "Reports finished, by status",
                            ["status"])
+REPORTS_REDRIVEN = Counter("radreport_reports_redriven_total",
+                           "Reports queued again by the re-driver after their message was lost, "
+                           "by the stage they resumed at", ["stage"])
 STAGE_LATENCY = Histogram("radreport_stage_seconds", "Time spent in one pipeline stage",
                           ["stage", "outcome"], buckets=LATENCY_BUCKETS)
 

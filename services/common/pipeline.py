@@ -33,7 +33,8 @@ from services.common.queue import app
 STAGES = ("preprocess", "infer", "format", "ground")
 
 
-def submit(report_id: str) -> None:
-    """Queue one report's chain; the message carries only its id."""
-    chain(*(app.signature(f"radreport.{stage}", args=(report_id,), immutable=True)
-            for stage in STAGES)).apply_async()
+def submit(report_id: str, generation: int = 0, start: str = STAGES[0]) -> None:
+    """Queue one report's chain from ``start``; messages carry only its id and generation
+    (a re-driven chain has a new one, and messages of older generations are ignored)."""
+    chain(*(app.signature(f"radreport.{stage}", args=(report_id, generation), immutable=True)
+            for stage in STAGES[STAGES.index(start):])).apply_async()

@@ -114,7 +114,7 @@ def stage_task(stage: str, status: ReportStatus | None, done: str | None = None,
     """
     def register(fn: StageFunction) -> Task:
         @app.task(name=f"radreport.{stage}", bind=True, max_retries=None)
-        def run(self: Task, report_id: str) -> str:
+        def run(self: Task, report_id: str, generation: int = 0) -> str:
             settings = get_common_settings()
             store, blobs = stores()
             report = store.get(report_id)
@@ -122,6 +122,8 @@ def stage_task(stage: str, status: ReportStatus | None, done: str | None = None,
             if report is None or (ReportStatus(report.status).finished
                                   and not (after_completion and report.status == "completed")):
                 raise Ignore()  # unknown, or finished by an earlier delivery: stop the chain
+            if generation != report.generation:
+                raise Ignore()  # superseded by a re-driven chain: that one carries on
             attempt = store.count_attempt(report_id, stage)
             if attempt > settings.max_attempts:
                 dead_letter(report_id, stage, f"{stage} failed {settings.max_attempts} times")

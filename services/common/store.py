@@ -32,6 +32,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     select,
     update,
@@ -76,6 +77,8 @@ class Report(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     processing_time_ms: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)  # per stage
+    # Bumped by each re-drive; a stage message of an older generation is stale and ignored.
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     timings: Mapped[dict[str, float] | None] = mapped_column(JSON)  # ms per finished stage
     review_status: Mapped[str] = mapped_column(String(16), default="draft")  # |signed|amended
     reviewed_text: Mapped[dict[str, str] | None] = mapped_column(JSON)  # findings, impression
@@ -292,14 +295,31 @@ class Store:
                                      reason=None, at=now))
             return report
 
-    def stalled(self, older_than_s: float) -> list[Report]:
-        """Reports accepted but never started: queued, no stage attempted, for a while."""
+    def idle_unfinished(self, older_than_s: float) -> list[Report]:
+        """Unfinished reports that have not moved for ``older_than_s``: candidates for the
+        re-driver, which then asks the broker whether their next message still exists."""
         cutoff = utcnow().timestamp() - older_than_s
         with self.session() as session:
-            queued = session.scalars(select(Report).where(
-                Report.status == ReportStatus.queued.value))
-            return [r for r in queued if not r.attempts
-                    and r.created_at.replace(tzinfo=UTC).timestamp() < cutoff]
+            unfinished = session.scalars(select(Report).where(Report.status.not_in(FINISHED)))
+            return [r for r in unfinished
+                    if r.updated_at.replace(tzinfo=r.updated_at.tzinfo or UTC).timestamp()
+                    < cutoff]
+
+    def next_generation(self, report_id: str, generation: int) -> bool:
+        """Claim the re-drive of one generation; False if another re-driver got there."""
+        with self.session() as session:
+            return bool(_rowcount(session.execute(
+                update(Report).where(Report.id == report_id, Report.generation == generation,
+                                     Report.status.not_in(FINISHED))
+                .values(generation=generation + 1, updated_at=utcnow()))))
+
+    def discard_unqueued(self, report_id: str) -> None:
+        """Remove a report created a moment ago whose chain could not be queued, so that
+        nothing accepted is left that nothing will process (its history goes with it)."""
+        with self.session() as session:
+            session.execute(delete(StatusChange).where(StatusChange.report_id == report_id))
+            session.execute(delete(Report).where(Report.id == report_id,
+                                                 Report.status == ReportStatus.queued.value))
 
     def worklist(self, limit: int = 200) -> list[Report]:
         with self.session() as session:
@@ -311,6 +331,7 @@ class Store:
             report = session.get(Report, report_id, with_for_update=True)
             if report is not None:
                 report.timings = {**(report.timings or {}), stage: round(milliseconds, 1)}
+                report.updated_at = utcnow()
 
     def history(self, report_id: str) -> list[StatusChange]:
         with self.session() as session:

@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from services.common import events
 from services.common.auth import AuthError, Principal, Role
-from services.common.intake import accept_study
+from services.common.intake import QueueUnavailable, accept_study
 from services.common.metrics import INPUT_REJECTED
 from services.common.schemas import ReportRequestBase, ReportStatus
 from services.common.store import Report
@@ -33,6 +33,8 @@ from services.gateway.ingest import (
 if TYPE_CHECKING:  # deps imports this module
     from services.gateway.deps import Services
 
+QUEUE_UNAVAILABLE = "the report queue is unavailable; retry after the Retry-After delay"
+RETRY_AFTER_S = 10
 READERS = (Role.radiologist, Role.admin, Role.service)
 REQUESTERS = (Role.radiologist, Role.service)
 RADIOLOGISTS = (Role.radiologist,)
@@ -130,24 +132,40 @@ async def stored_study_image(services: Services, study_id: str,
 
 async def accept(services: Services, principal: Principal, client: str | None,
                  fields: ReportRequestBase, data: bytes, source: str) -> tuple[Report, bool]:
-    """Check the image, then create (or find) the study's report; audited either way."""
+    """Check the image, then create (or find) the study's report; audited either way.
+
+    With the queue (Redis) away nothing is created: IngestError 503, to be retried."""
     try:
         check_size(len(data), services.settings.max_upload_bytes)
         image_format, metadata = await run_in_threadpool(
             check_image, data, services.settings.max_pixels)
+        await _queue_reachable(services)
+        report, created = await run_in_threadpool(lambda: accept_study(
+            services.store, services.blobs, study_id=fields.study_id,
+            model_version=services.model_version,
+            request={**fields.model_dump(mode="json", exclude={"force"}),
+                     "requested_by": principal.subject}, image=data,
+            image_format=image_format, metadata=metadata, source=source, force=fields.force))
+    except QueueUnavailable as err:
+        unavailable = IngestError(503, QUEUE_UNAVAILABLE, "queue_unavailable")
+        await refused(services, principal, client, unavailable)
+        raise unavailable from err
     except IngestError as err:
         await refused(services, principal, client, err)
         raise
-    report, created = await run_in_threadpool(lambda: accept_study(
-        services.store, services.blobs, study_id=fields.study_id,
-        model_version=services.model_version,
-        request={**fields.model_dump(mode="json", exclude={"force"}),
-                 "requested_by": principal.subject}, image=data,
-        image_format=image_format, metadata=metadata, source=source, force=fields.force))
     await run_in_threadpool(services.store.audit, principal.subject,
                             "create" if created else "read", "report", report.id, "success",
                             client)
     return report, created
+
+
+async def _queue_reachable(services: Services) -> None:
+    """Refuse before writing anything when Redis does not answer (a second guard after
+    ``accept_study``'s, which discards what it wrote if queueing itself fails)."""
+    try:
+        await asyncio.wait_for(services.redis.ping(), timeout=2.0)
+    except Exception as err:  # any failure to reach it: unavailable for now
+        raise QueueUnavailable("the report queue (Redis) does not answer") from err
 
 
 async def refused(services: Services, principal: Principal, client: str | None,

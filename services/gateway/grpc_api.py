@@ -39,7 +39,7 @@ SERVICE_NAME = service_pb.DESCRIPTOR.services_by_name["ReportService"].full_name
 # HTTP statuses of our ingest refusals -> gRPC codes
 INGEST_CODES = {403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
                 413: grpc.StatusCode.INVALID_ARGUMENT, 415: grpc.StatusCode.INVALID_ARGUMENT,
-                422: grpc.StatusCode.INVALID_ARGUMENT}
+                422: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
 REPORT_ID_KEY = "radreport-report-id"  # trailing metadata of a call that made a report
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 

@@ -28,8 +28,8 @@ from services.common.auth import Authenticator, get_auth_settings
 from services.common.blobs import BlobStore
 from services.common.logs import configure_logging, forward_audit_to_syslog
 from services.common.metrics import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
-from services.common.pipeline import submit
-from services.common.queue import DEAD_LETTER_KEY, STAGE_QUEUES
+from services.common.queue import DEAD_LETTER_KEY, STAGE_QUEUES, redis_client
+from services.common.redrive import redrive_lost
 from services.common.settings import get_common_settings
 from services.common.store import Store
 from services.gateway.body_limits import BodyLimits
@@ -62,21 +62,19 @@ def open_services() -> Services:
                     auth=Authenticator(get_auth_settings()))
 
 
-async def resubmit_stalled(services: Services) -> None:
-    """Queue again a report accepted but never started (say the gateway died between
-    storing it and queueing it), but only while the first queue is empty: a report that
-    merely waits its turn is not sent twice. Stages tolerate a second delivery anyway."""
-    period = services.settings.stall_sweep_s
-    while period > 0:
-        await asyncio.sleep(period)
+async def redrive(services: Services) -> None:
+    """Queue again, once, every report whose broker message was lost (``redrive``): after
+    a Redis restart, a failed publish, or a gateway that died between storing and queueing.
+    The generation claim makes concurrent gateways safe."""
+    settings = services.settings
+    client = redis_client()
+    while settings.redrive_period_s > 0:
+        await asyncio.sleep(settings.redrive_period_s)
         try:
-            if await services.redis.llen(STAGE_QUEUES["preprocess"]) > 0:
-                continue
-            for report in await run_in_threadpool(services.store.stalled, period):
-                log.warning("re-queueing a report that was accepted but never started")
-                await run_in_threadpool(submit, report.id)
-        except Exception:  # the sweep must never take the gateway down
-            log.exception("stalled-report sweep failed")
+            await run_in_threadpool(redrive_lost, services.store, client,
+                                    settings.redrive_idle_s, settings.redrive_in_flight_s)
+        except Exception:  # Redis still away, say: try again next period, never crash
+            log.warning("re-drive sweep failed; retrying next period", exc_info=True)
 
 
 @asynccontextmanager
@@ -85,7 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     queues = QueueDepthCollector(services.common.redis_url, list(STAGE_QUEUES.values()),
                                  DEAD_LETTER_KEY)
     REGISTRY.register(queues)
-    sweeper = asyncio.create_task(resubmit_stalled(services))
+    sweeper = asyncio.create_task(redrive(services))
     grpc_server = None
     if services.settings.grpc_port:
         grpc_server, readiness = await start_grpc(services)

@@ -49,8 +49,12 @@ class GatewaySettings(BaseSettings):
                                           "nonetheless resolve to, e.g. an in-hospital image "
                                           "server; loopback, private and link-local addresses "
                                           "are refused otherwise")
-    stall_sweep_s: float = Field(default=300.0, ge=0, description="Re-queue reports accepted "
-                                 "but not started after this long; 0: off")
+    redrive_period_s: float = Field(default=10.0, ge=0, description="How often the "
+                                    "re-driver looks for reports whose message was lost; 0: off")
+    redrive_idle_s: float = Field(default=30.0, gt=0, description="A report unmoved this long "
+                                  "whose next message is gone is queued again")
+    redrive_in_flight_s: float = Field(default=60.0, gt=0, description="A message reserved by a "
+                                       "worker longer than this is taken as lost")
     audit_syslog: str | None = Field(default=None,
                                      description="host:port of a syslog collector for audit")
     model_dir: Path | None = Field(default=None,

@@ -12,14 +12,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 import redis
 from fhir.resources.R4B.bundle import Bundle
 from PIL import Image
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
@@ -39,7 +41,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     config.extra_env = {"RADREPORT_GATEWAY_SYNC_WAIT_S": "90",
                         "RADREPORT_RETRY_BACKOFF_S": "0.2",
                         "RADREPORT_VISIBILITY_TIMEOUT_S": "20",
-                        "RADREPORT_GATEWAY_STALL_SWEEP_S": "2"}
+                        "RADREPORT_GATEWAY_REDRIVE_PERIOD_S": "1",
+                        "RADREPORT_GATEWAY_REDRIVE_IDLE_S": "3",
+                        "RADREPORT_DICOM_STUDY_IDLE_S": "1"}
     with LocalStack(config) as running:
         yield running
 
@@ -248,8 +252,8 @@ def test_a_killed_worker_loses_nothing_and_repeats_nothing(api: httpx.Client, st
 
 def test_a_report_stored_but_never_queued_is_picked_up(stack: LocalStack,
                                                        phantom_dicom: Path) -> None:
-    """As if the gateway died between storing a study and queueing it: the sweep finds the
-    report and queues it, and it completes once."""
+    """As if the gateway died between storing a study and queueing it: the re-driver finds
+    the report without a message and queues it, and it completes once."""
     from services.common.blobs import BlobStore
 
     store = Store(f"sqlite:///{stack.config.data_dir / 'radreport.db'}")
@@ -267,3 +271,68 @@ def test_a_report_stored_but_never_queued_is_picked_up(stack: LocalStack,
         time.sleep(0.5)
     assert stored is not None and stored.status == "completed"
     assert [c.status for c in store.history(report.id)].count("completed") == 1
+
+
+def _wait_finished(store: Store, report_ids: list[str], timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    reports: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        reports = {i: store.get(i) for i in report_ids}
+        if all(r is not None and r.status in ("completed", "failed") for r in reports.values()):
+            break
+        time.sleep(0.5)
+    return reports
+
+
+def test_redis_killed_and_restarted_empty_loses_nothing_and_repeats_nothing(
+        api: httpx.Client, stack: LocalStack, phantom_dicom: Path, tmp_path: Path) -> None:
+    """R8: Redis is killed under load and comes back without its data (every queued message
+    gone). Meanwhile the API answers 503 with Retry-After and creates nothing, and a DICOM
+    push still gets success. Once Redis is back, the re-driver queues every unfinished
+    report again, each completes exactly once, and the pushed study is reported."""
+    store = Store(f"sqlite:///{stack.config.data_dir / 'radreport.db'}")
+    report_ids = [api.post("/api/v1/reports/generate", headers={"Prefer": "respond-async"},
+                           data={"study_id": f"E2E-REDIS-{i}"},
+                           files={"file": ("r.dcm", phantom_dicom.read_bytes())},
+                           ).json()["report_id"] for i in range(6)]
+    redis_process = stack.processes["redis"]
+    os.killpg(redis_process.pid, signal.SIGKILL)
+    redis_process.wait()
+    unfinished = [i for i in report_ids if store.get(i).status != "completed"]  # type: ignore[union-attr]
+    assert unfinished, "every report finished before Redis went: nothing was tested"
+    shutil.rmtree(stack.config.data_dir / "redis")  # its queues are gone for good
+
+    refused = api.post("/api/v1/reports/generate", data={"study_id": "E2E-REDIS-DOWN"},
+                       files={"file": ("r.dcm", phantom_dicom.read_bytes())})
+    assert refused.status_code == 503, refused.text
+    assert int(refused.headers["Retry-After"]) > 0
+    assert store.list_for_study("E2E-REDIS-DOWN") == []
+    pushed = shutil.copy(phantom_dicom, tmp_path / "pushed.dcm")
+    ds = pydicom.dcmread(pushed)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
+        generate_uid(), generate_uid(), generate_uid())
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(pushed)
+    sent = subprocess.run([shutil.which("storescu") or "storescu", "-aec", "RADREPORT",
+                           "127.0.0.1", str(stack.config.dicom_port), str(pushed)],
+                          capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr  # durable on disk: success despite the outage
+    time.sleep(3)
+
+    stack.start_redis()
+    reports = _wait_finished(store, report_ids, 120)
+    for report_id, report in reports.items():
+        assert report is not None and report.status == "completed", report_id
+        history = [change.status for change in store.history(report_id)]
+        assert history.count("completed") == 1, history
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+            r.status == "completed" for r in store.list_for_study(str(ds.StudyInstanceUID))):
+        time.sleep(0.5)
+    (pushed_report,) = store.list_for_study(str(ds.StudyInstanceUID))
+    assert pushed_report.status == "completed"
+    assert redis.Redis.from_url(stack.config.redis_url).llen(DEAD_LETTER_KEY) == 0
+    metrics = api.get("/metrics").text
+    redriven = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                   if line.startswith("radreport_reports_redriven_total{"))
+    assert redriven >= len(unfinished)  # they came back through the re-driver

@@ -88,7 +88,9 @@ async def _parse_generate(request: Request, services: Services,
 
 
 def _refusal(err: IngestError) -> JSONResponse:
-    return JSONResponse({"detail": str(err), "reason": err.reason}, status_code=err.status)
+    headers = {"Retry-After": str(actions.RETRY_AFTER_S)} if err.status == 503 else None
+    return JSONResponse({"detail": str(err), "reason": err.reason}, status_code=err.status,
+                        headers=headers)
 
 
 def _answer(report: Report) -> JSONResponse:
@@ -106,7 +108,7 @@ def _answer(report: Report) -> JSONResponse:
 @router.post(
     "/reports/generate", openapi_extra=GENERATE_BODY, response_model=ReportPublic,
     responses={202: {"description": "Accepted; poll the Location", "model": ReportPublic},
-               **error_responses(404, 408, 413, 415)})
+               **error_responses(404, 408, 413, 415, 503)})
 async def generate_report(request: Request, services: ServicesDep, principal: Requesters,
                           client: ClientDep,
                           prefer: Annotated[str | None, Header()] = None) -> JSONResponse:
