@@ -117,13 +117,26 @@ class StorageSCP:
         return handler
 
     def screen(self, event: evt.Event) -> None:
-        """Reject an association from a host not on the allow-list (no reason given, PS3.8)."""
+        """Reject an association from a host not on the allow-list (no reason given, PS3.8),
+        or one past its host's share of the association slots (rejected-transient, local
+        limit exceeded: it may try again once one of its own is released)."""
         allowed = self.settings.allowed_hosts
         address = event.assoc.requestor.address
         if allowed and address not in allowed:
             log.warning("association from a host not on the allow-list rejected")
             event.assoc.acse.send_reject(0x01, 0x01, 0x01)
             event.assoc.kill()  # returns once the A-ASSOCIATE-RJ has left
+            return
+        if self.associations_from(address, event.assoc) >= self.settings.max_associations_per_peer:
+            log.warning("association rejected: the peer holds its share of association slots")
+            event.assoc.acse.send_reject(0x02, 0x03, 0x02)
+            event.assoc.kill()
+
+    def associations_from(self, address: str, this: Any) -> int:
+        """Associations the host at ``address`` holds now, besides ``this`` one."""
+        held = self.server.active_associations if self.server is not None else []
+        return sum(1 for a in held if a is not this and a.requestor.address == address
+                   and a.is_alive())
 
     def handle_store(self, event: evt.Event) -> int:
         limit = self.settings.max_instance_bytes

@@ -20,9 +20,13 @@ class DicomSettings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=list,
                                      description="Peer IP addresses allowed; empty: any")
     max_associations: int = Field(default=10, ge=1)
+    max_associations_per_peer: int = Field(
+        default=4, ge=1, description="Associations one peer address may hold at once, so "
+                                     "a peer hoarding idle ones cannot starve the others")
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 30.0
-    network_timeout_s: float = 60.0
+    network_timeout_s: float = Field(default=60.0, gt=0,
+                                     description="An association idle this long is aborted")
     storage_dir: Path | None = Field(default=None, description="Default: data_dir/dicom")
     max_instance_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0,

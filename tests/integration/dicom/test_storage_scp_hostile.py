@@ -8,10 +8,12 @@ from __future__ import annotations
 import io
 import logging
 import struct
+import time
 import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -24,6 +26,7 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from radreport.serving.tritonserver import free_port
 from services.common.logs import configure_logging
@@ -169,3 +172,40 @@ def test_a_uid_that_swallows_the_identity_leaves_no_trace_in_the_log(
     assert '"logger": "pydicom"' in written  # the library did warn
     assert not any(canary in written for canary in CANARIES)
     assert not list(scp.root.rglob("*"))
+
+
+def test_a_peer_hoarding_idle_associations_cannot_starve_another(tmp_path: Path) -> None:
+    """R6: one host holds its share of slots idle; its next association is rejected, another
+    host is still served, and the idle ones are aborted after the network timeout."""
+    store = Store(f"sqlite:///{tmp_path / 'reports.db'}")
+    store.migrate()
+    scp = StorageSCP(DicomSettings(port=free_port(), max_associations=6,
+                                   max_associations_per_peer=2, network_timeout_s=2.0),
+                     store, tmp_path / "instances")
+    scp.start()
+
+    def associate(source: str) -> Any:
+        ae = AE(ae_title="MODALITY1")
+        ae.add_requested_context(Verification)
+        return ae.associate("127.0.0.1", scp.settings.port, ae_title="RADREPORT",
+                            bind_address=(source, 0))
+
+    try:
+        hoarded = [associate("127.0.0.1") for _ in range(2)]
+        assert all(a.is_established for a in hoarded)
+        assert associate("127.0.0.1").is_rejected
+        other = associate("127.0.0.2")
+        assert other.is_established and int(other.send_c_echo().Status) == 0x0000
+        other.release()
+        deadline = time.monotonic() + 15
+        while any(a.is_established for a in hoarded) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(a.is_established for a in hoarded)  # idle: aborted by the SCP
+        again = associate("127.0.0.1")
+        while not again.is_established and time.monotonic() < deadline:
+            time.sleep(0.5)  # the aborted ones' threads are winding down
+            again = associate("127.0.0.1")
+        assert again.is_established  # their slots are free again
+        again.release()
+    finally:
+        scp.stop()
