@@ -430,12 +430,12 @@ def api_key(
 def up(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 180.0,
 ) -> None:
-    """Start the local stack in the background: Redis, Triton, workers, gateway."""
-    from radreport.stack import LocalStack, StackConfig, StackError
+    """Start the local stack in the background: Redis, Triton, workers, gateway, under a
+    supervisor that restarts any of them that dies."""
+    from radreport.stack import StackConfig, StackError, start_supervised
 
-    stack = LocalStack(StackConfig.from_env())
     try:
-        stack.up(timeout)
+        stack = start_supervised(StackConfig.from_env(), timeout)
     except StackError as err:
         typer.echo(f"radreport up: {err}", err=True)
         raise typer.Exit(1) from err

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from radreport.serving.tritonserver import (
 )
 
 WORKER_SERVICES = ("preprocess", "inference", "grounding", "fhir")
+SUPERVISOR = "supervisor"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -132,6 +134,7 @@ class LocalStack:
         self.state_file = config.run_dir / "stack.json"
         self.logs = config.run_dir / "logs"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.supervisor_pid: int | None = None  # set in the supervising process
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str],
                cwd: Path | None = None) -> subprocess.Popen[bytes]:
@@ -143,7 +146,10 @@ class LocalStack:
         return process
 
     def _save(self) -> None:
-        self.state_file.write_text(json.dumps({n: p.pid for n, p in self.processes.items()}))
+        pids = {n: p.pid for n, p in self.processes.items()}
+        if self.supervisor_pid is not None:
+            pids[SUPERVISOR] = self.supervisor_pid
+        self.state_file.write_text(json.dumps(pids))
 
     def start_redis(self) -> None:
         binary = shutil.which("redis-server")
@@ -168,10 +174,43 @@ class LocalStack:
 
     def start_workers(self) -> None:
         for service in WORKER_SERVICES:
-            env = {**self.config.environment(),
-                   "RADREPORT_WORKER_METRICS_PORT": str(self.config.worker_metrics_ports[service]),
-                   "PROMETHEUS_MULTIPROC_DIR": str(self.config.run_dir / "metrics" / service)}
-            self._spawn(f"worker-{service}", [sys.executable, "-m", f"services.{service}"], env)
+            self.start_worker(service)
+
+    def start_worker(self, service: str) -> None:
+        env = {**self.config.environment(),
+               "RADREPORT_WORKER_METRICS_PORT": str(self.config.worker_metrics_ports[service]),
+               "PROMETHEUS_MULTIPROC_DIR": str(self.config.run_dir / "metrics" / service)}
+        self._spawn(f"worker-{service}", [sys.executable, "-m", f"services.{service}"], env)
+
+    def start_process(self, name: str) -> None:
+        """(Re)start one of the stack's processes by its name."""
+        if name.startswith("worker-"):
+            self.start_worker(name.removeprefix("worker-"))
+            return
+        starters = {"redis": self.start_redis, "triton": self.start_triton,
+                    "dicom": self.start_dicom, "gateway": self.start_gateway}
+        starters[name]()
+
+    def supervise(self, stop: threading.Event, period_s: float = 1.0,
+                  min_restart_s: float = 5.0) -> None:
+        """Restart each process that dies, until ``stop`` is set; then stop them all.
+
+        A process that keeps dying is restarted at most once per ``min_restart_s``.
+        """
+        restarted: dict[str, float] = {}
+        try:
+            while not stop.wait(period_s):
+                for name, process in list(self.processes.items()):
+                    if process.poll() is None:
+                        continue
+                    if time.monotonic() - restarted.get(name, -min_restart_s) < min_restart_s:
+                        continue
+                    print(f"{name} exited with {process.returncode}; restarting it",
+                          file=sys.stderr, flush=True)
+                    restarted[name] = time.monotonic()
+                    self.start_process(name)
+        finally:
+            self.down()
 
     def start_dicom(self) -> None:
         self._spawn("dicom", [sys.executable, "-m", "services.dicom"], self.config.environment())
@@ -212,7 +251,8 @@ class LocalStack:
 
     def pids(self) -> dict[str, int]:
         if self.processes:
-            return {n: p.pid for n, p in self.processes.items()}
+            return {n: p.pid for n, p in self.processes.items()
+                     if n != SUPERVISOR and p.poll() is None}
         if self.state_file.is_file():
             return {str(k): int(v) for k, v in json.loads(self.state_file.read_text()).items()}
         return {}
@@ -221,8 +261,16 @@ class LocalStack:
         return any(_alive(pid) for pid in self.pids().values())
 
     def down(self, timeout: float = 20.0) -> None:
-        """Stop the gateway first, then workers (they finish their task), Triton, Redis."""
+        """Stop the gateway first, then workers (they finish their task), Triton, Redis.
+
+        A stack started by ``radreport up`` is stopped through its supervisor, so that
+        nothing it supervises is restarted behind our back; what is left is stopped here.
+        """
         pids = self.pids()
+        supervisor = pids.pop(SUPERVISOR, None)
+        if supervisor is not None and supervisor != os.getpid() and _alive(supervisor):
+            _stop_group(supervisor, timeout * 3)
+            pids = {n: p for n, p in pids.items() if _alive(p)}
         order = ["gateway", "dicom", *(f"worker-{s}" for s in WORKER_SERVICES), "triton",
                  "redis"]
         for name in sorted(pids, key=lambda n: order.index(n) if n in order else 0):
@@ -275,3 +323,41 @@ def _stop_group(pid: int, timeout: float) -> None:
             if reaped or not _alive(pid):
                 return
             time.sleep(0.1)
+
+
+def start_supervised(config: StackConfig, timeout: float) -> LocalStack:
+    """Start the stack under a supervisor process of its own (``radreport up``); return once
+    it is ready. The supervisor restarts what dies and stops it all on SIGTERM."""
+    stack = LocalStack(config)
+    if stack.running():
+        raise StackError(f"a stack is already running (state in {stack.state_file})")
+    stack.logs.mkdir(parents=True, exist_ok=True)
+    log = (stack.logs / "supervisor.log").open("ab")
+    supervisor = subprocess.Popen([sys.executable, "-m", "radreport.stack"], stdout=log,
+                                  stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+                                  start_new_session=True, env=config.environment())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if supervisor.poll() is not None:
+            raise StackError(f"the stack did not start; see {stack.logs}")
+        if (stack.state_file.is_file() and SUPERVISOR in stack.pids()
+                and http_ok(f"{config.gateway_url}/readyz") and _listening(config.dicom_port)):
+            return stack
+        time.sleep(0.5)
+    _stop_group(supervisor.pid, 20)
+    raise StackError(f"the stack was not ready after {timeout:.0f} s; logs in {stack.logs}")
+
+
+def main() -> None:
+    """The supervisor: start the stack, restart what dies, stop everything on SIGTERM."""
+    stack = LocalStack(StackConfig.from_env())
+    stack.supervisor_pid = os.getpid()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stack.up()
+    stack.supervise(stop)
+
+
+if __name__ == "__main__":
+    main()
