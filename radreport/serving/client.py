@@ -103,11 +103,24 @@ class ReportClient:
         self._client.start_stream(callback=lambda result, error: self._responses.put(
             (result, error)))
         try:
-            self._client.async_stream_infer(self.model, inputs)
+            try:
+                self._client.async_stream_infer(self.model, inputs)
+            except InferenceServerException as err:
+                # A stream that broke at once (connection refused) says only that it is "no
+                # longer in valid state"; the real status went to the callback.
+                raise self._stream_error(timeout_s=1.0) or err from None
             return self._next_event()
         except BaseException:
             self._client.stop_stream(cancel_requests=True)
             raise
+
+    def _stream_error(self, timeout_s: float) -> InferenceServerException | None:
+        """The error the stream's callback received, if one arrives within ``timeout_s``."""
+        try:
+            _, error = self._responses.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        return error if isinstance(error, InferenceServerException) else None
 
     def _next_event(self) -> dict[str, Any]:
         try:

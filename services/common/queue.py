@@ -100,6 +100,15 @@ def dead_letter(report_id: str, stage: str, reason: str) -> None:
     log.error("dead-lettered %s at %s: %s", report_id, stage, reason)
 
 
+class DependencyUnavailable(Exception):
+    """A service the stage needs (Triton) is away: wait for it, without spending attempts.
+
+    Retried with backoff capped at ``UNAVAILABLE_RETRY_CAP_S`` for up to
+    ``dependency_wait_s``; only then is the report dead-lettered.
+    """
+
+
+UNAVAILABLE_RETRY_CAP_S = 30.0
 StageFunction = Callable[[StageContext], None]
 
 
@@ -139,6 +148,17 @@ def stage_task(stage: str, status: ReportStatus | None, done: str | None = None,
                 if done is not None:
                     events.publish(redis_client(), report_id, "status", stage=done)
                 STAGE_LATENCY.labels(stage, "success").observe(elapsed)
+            except DependencyUnavailable as err:
+                STAGE_LATENCY.labels(stage, "unavailable").observe(time.perf_counter() - start)
+                store.count_attempt(report_id, stage, step=-1)
+                waits = self.request.retries
+                if waits * UNAVAILABLE_RETRY_CAP_S > settings.dependency_wait_s:
+                    dead_letter(report_id, stage, f"{stage}: a dependency stayed unavailable")
+                    raise Ignore() from err
+                log.warning("%s of %s waits for a dependency (%s)", stage, report_id, err)
+                raise self.retry(countdown=min(UNAVAILABLE_RETRY_CAP_S,
+                                               settings.retry_backoff_s * 2 ** waits),
+                                 exc=err) from err
             except PermanentError as err:
                 STAGE_LATENCY.labels(stage, "refused").observe(time.perf_counter() - start)
                 if store.set_status(report_id, ReportStatus.failed, str(err),

@@ -33,6 +33,9 @@ class CommonSettings(BaseSettings):
                                  description="How clients reach the gateway (links in FHIR)")
     max_attempts: int = Field(default=3, ge=1, description="Attempts per stage before dead-letter")
     retry_backoff_s: float = Field(default=1.0, gt=0)
+    dependency_wait_s: float = Field(
+        default=3600.0, gt=0, description="How long a stage waits for a dependency that is "
+                                          "away (Triton) before the report is dead-lettered")
     visibility_timeout_s: int = Field(
         default=600, ge=5, description="Unacknowledged tasks are redelivered after this long")
 

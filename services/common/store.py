@@ -261,14 +261,15 @@ class Store:
                                          status=ReportStatus.completed.value, at=now))
             return bool(changed)
 
-    def count_attempt(self, report_id: str, stage: str) -> int:
-        """One more attempt at ``stage`` (deliveries, including after a lost worker)."""
+    def count_attempt(self, report_id: str, stage: str, step: int = 1) -> int:
+        """One more attempt at ``stage`` (deliveries, including after a lost worker); a
+        step of -1 gives back one that a dependency's outage spent."""
         with self.session() as session:
             report = session.get(Report, report_id, with_for_update=True)
             if report is None:
                 raise KeyError(report_id)
             attempts = dict(report.attempts or {})
-            attempts[stage] = attempts.get(stage, 0) + 1
+            attempts[stage] = max(0, attempts.get(stage, 0) + step)
             report.attempts = attempts
             return attempts[stage]
 

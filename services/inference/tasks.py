@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 from functools import cache
 
-from radreport.serving.client import ReportClient
+from radreport.serving.client import ReportClient, TritonUnavailableError
 from services.common import events
 from services.common.metrics import MODEL_LATENCY
-from services.common.queue import StageContext, redis_client, stage_task
+from services.common.queue import DependencyUnavailable, StageContext, redis_client, stage_task
 from services.common.schemas import DraftSentence, LetterboxInfo, ReportStatus
 from services.common.settings import get_common_settings
 from services.inference.context import clinical_context
@@ -36,15 +36,18 @@ def infer(ctx: StageContext) -> None:
     served = None
     sentences: list[DraftSentence] = []
     context = clinical_context(ctx.report.request or {})
-    for event in triton().generate_stream(model_input[None], context):
-        if event["type"] == "report":
-            served = event
-            break
-        sentence = draft_sentence(event, box, threshold)
-        sentences.append(sentence)
-        events.publish(redis_client(), report_id, "sentence", index=event["index"],
-                       at=event["decoded_at"], sentence=sentence.model_dump(mode="json"),
-                       letterbox=letterbox.model_dump(mode="json"))
+    try:
+        for event in triton().generate_stream(model_input[None], context):
+            if event["type"] == "report":
+                served = event
+                break
+            sentence = draft_sentence(event, box, threshold)
+            sentences.append(sentence)
+            events.publish(redis_client(), report_id, "sentence", index=event["index"],
+                           at=event["decoded_at"], sentence=sentence.model_dump(mode="json"),
+                           letterbox=letterbox.model_dump(mode="json"))
+    except TritonUnavailableError as err:
+        raise DependencyUnavailable("Triton is unavailable") from err
     assert served is not None  # generate_stream ends with the report or raises
     elapsed_ms = (time.perf_counter() - start) * 1000
     MODEL_LATENCY.observe(elapsed_ms / 1000)

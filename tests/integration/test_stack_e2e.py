@@ -336,3 +336,30 @@ def test_redis_killed_and_restarted_empty_loses_nothing_and_repeats_nothing(
     redriven = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                    if line.startswith("radreport_reports_redriven_total{"))
     assert redriven >= len(unfinished)  # they came back through the re-driver
+
+
+def test_triton_killed_and_restarted_loses_nothing(api: httpx.Client, stack: LocalStack,
+                                                  phantom_dicom: Path) -> None:
+    """R9: with Triton away, /readyz says so and reports wait at the inference stage without
+    spending their attempts; once it is back, every one completes exactly once."""
+    store = Store(f"sqlite:///{stack.config.data_dir / 'radreport.db'}")
+    triton = stack.processes["triton"]
+    os.killpg(triton.pid, signal.SIGKILL)
+    triton.wait()
+    report_ids = [api.post("/api/v1/reports/generate", headers={"Prefer": "respond-async"},
+                           data={"study_id": f"E2E-TRITON-{i}"},
+                           files={"file": ("t.dcm", phantom_dicom.read_bytes())},
+                           ).json()["report_id"] for i in range(3)]
+    ready = api.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["triton"] != "ok"
+    time.sleep(10)  # far past what three attempts with their backoff would have taken
+    waiting = {i: (r.status, r.status_reason) for i in report_ids if (r := store.get(i))}
+    assert all(s == "inferring" for s, _ in waiting.values()), waiting
+
+    stack.start_triton()
+    reports = _wait_finished(store, report_ids, 180)
+    for report_id, report in reports.items():
+        assert report is not None and report.status == "completed", report_id
+        assert [c.status for c in store.history(report_id)].count("completed") == 1
+    assert api.get("/readyz").status_code == 200
+    assert redis.Redis.from_url(stack.config.redis_url).llen(DEAD_LETTER_KEY) == 0
