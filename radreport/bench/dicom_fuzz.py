@@ -1,0 +1,188 @@
+"""Reproducible hostile DICOM instances and a peer that sends them byte for byte (R3).
+
+Each case starts from a phantom encoded in one of the transfer syntaxes we accept (every
+one the phantom writer makes, plus deflated and big endian), then applies one mutation
+drawn from a seeded generator: bytes flipped, the file cut short, a length field rewritten,
+junk inserted, an element's value replaced with junk or removed, or the File Meta's
+transfer syntax changed under the data. The same seed gives the same cases on any machine.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+)
+from pynetdicom import AE, _config
+
+from radreport.data.phantoms import generate_study
+from radreport.data.phantoms.dicom import TRANSFER_SYNTAXES, DicomOptions, write_study_dicom
+
+BASE_SYNTAXES: tuple[UID, ...] = (*TRANSFER_SYNTAXES, DeflatedExplicitVRLittleEndian,
+                                  ExplicitVRBigEndian)
+# Elements worth breaking: identifiers, the image pixel module, pixel data.
+TARGET_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                   "Rows", "Columns", "BitsAllocated", "BitsStored", "SamplesPerPixel",
+                   "PhotometricInterpretation", "NumberOfFrames", "PixelData", "Modality",
+                   "RescaleSlope", "WindowCenter")
+
+
+@dataclass(frozen=True)
+class FuzzCase:
+    name: str  # base syntax and mutation, e.g. "1.2.840.10008.1.2.5/flip"
+    path: Path
+    transfer_syntax: UID  # what the File Meta now says, proposed at association
+
+
+def base_files(folder: Path, size: int = 256) -> dict[UID, Path]:
+    """One phantom per accepted transfer syntax."""
+    files: dict[UID, Path] = {}
+    for i, syntax in enumerate(BASE_SYNTAXES):
+        writer_syntax = syntax if syntax in TRANSFER_SYNTAXES else ExplicitVRLittleEndian
+        path = write_study_dicom(generate_study(900 + i, size), folder / f"base-{i}",
+                                 DicomOptions("CR", "MONOCHROME2", 12, str(writer_syntax)))
+        if syntax != writer_syntax:
+            ds = pydicom.dcmread(path)
+            ds.file_meta.TransferSyntaxUID = syntax
+            pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=syntax.is_little_endian,
+                             force_encoding=True)
+        files[syntax] = path
+    return files
+
+
+def _meta_end(data: bytes) -> int:
+    """Where the dataset starts after the File Meta group (explicit VR little endian)."""
+    offset = 132
+    while data[offset:offset + 2] == b"\x02\x00":
+        vr = data[offset + 4:offset + 6]
+        if vr in (b"OB", b"OW", b"UN", b"UT", b"SQ", b"UR", b"UC"):
+            offset += 12 + struct.unpack("<I", data[offset + 8:offset + 12])[0]
+        else:
+            offset += 8 + struct.unpack("<H", data[offset + 6:offset + 8])[0]
+    return offset
+
+
+Mutation = Callable[[random.Random, bytes, Path], tuple[bytes, UID | None]]
+
+
+def _flip(rng: random.Random, data: bytes, _path: Path) -> tuple[bytes, UID | None]:
+    out, start = bytearray(data), _meta_end(data)
+    for _ in range(rng.randint(1, 16)):
+        position = rng.randrange(start, len(out))
+        out[position] ^= 1 << rng.randrange(8)
+    return bytes(out), None
+
+
+def _truncate(rng: random.Random, data: bytes, _: Path) -> tuple[bytes, UID | None]:
+    start = _meta_end(data)
+    return data[:rng.randrange(start + 1, len(data))], None
+
+
+def _length(rng: random.Random, data: bytes, _: Path) -> tuple[bytes, UID | None]:
+    """Rewrite a short (2-byte) or long (4-byte) length field near a random element."""
+    out, start = bytearray(data), _meta_end(data)
+    position = rng.randrange(start, max(start + 1, min(len(out) - 8, start + 2048)))
+    width = rng.choice((2, 4))
+    value = rng.choice((0, 1, 0xFFFF, 0xFFFFFFFF, rng.randrange(1 << (8 * width))))
+    out[position:position + width] = (value % (1 << (8 * width))).to_bytes(width, "little")
+    return bytes(out), None
+
+
+def _insert(rng: random.Random, data: bytes, _: Path) -> tuple[bytes, UID | None]:
+    position = rng.randrange(_meta_end(data), len(data))
+    return data[:position] + rng.randbytes(rng.randint(1, 64)) + data[position:], None
+
+
+def _edit(rng: random.Random, _: bytes, path: Path) -> tuple[bytes, UID | None]:
+    """Replace an element's value with junk of the right type, or remove the element."""
+    try:
+        return _edited(rng, path)
+    except (ValueError, TypeError, OverflowError, struct.error):  # not even writable
+        return _flip(rng, path.read_bytes(), path)
+
+
+def _edited(rng: random.Random, path: Path) -> tuple[bytes, UID | None]:
+    ds = pydicom.dcmread(path)
+    keyword = rng.choice(TARGET_KEYWORDS)
+    if keyword in ds and rng.random() < 0.5:
+        delattr(ds, keyword)
+    elif keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "SamplesPerPixel",
+                     "NumberOfFrames"):
+        setattr(ds, keyword, rng.choice((0, 1, 3, 65535, rng.randrange(65536))))
+    elif keyword == "PixelData" and keyword in ds:
+        junk = rng.randbytes(rng.randint(0, 4096) // 2 * 2)
+        encapsulated = ds.file_meta.TransferSyntaxUID.is_encapsulated
+        ds.PixelData = encapsulate([junk]) if encapsulated and junk else junk
+    else:
+        setattr(ds, keyword, rng.choice(("", "0", "1.2.3..4", "NaN", "X" * 70,
+                                         "../../etc/passwd", "\\".join("9" * 5))))
+    out = path.with_suffix(".edit")
+    ds.save_as(out, enforce_file_format=False)
+    return out.read_bytes(), None
+
+
+def _syntax(rng: random.Random, data: bytes, path: Path) -> tuple[bytes, UID | None]:
+    """Claim another transfer syntax than the one the data is encoded in."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    choices = [s for s in BASE_SYNTAXES if s != ds.file_meta.TransferSyntaxUID]
+    claimed = rng.choice(choices)
+    start = _meta_end(data)
+    old = str(ds.file_meta.TransferSyntaxUID).encode()
+    old_padded = old + (b"\0" if len(old) % 2 else b"")
+    new = str(claimed).encode()
+    new_padded = new + (b"\0" if len(new) % 2 else b"")
+    meta = data[:start].replace(struct.pack("<H", len(old_padded)) + old_padded,
+                                struct.pack("<H", len(new_padded)) + new_padded)
+    return meta + data[start:], claimed
+
+
+MUTATIONS: dict[str, Mutation] = {"flip": _flip, "truncate": _truncate, "length": _length,
+                                  "insert": _insert, "edit": _edit, "syntax": _syntax}
+
+
+def cases(folder: Path, count: int, seed: int = 0) -> Iterator[FuzzCase]:
+    """``count`` mutated instances, reproducibly from ``seed``."""
+    rng = random.Random(seed)
+    bases = base_files(folder / "bases")
+    syntaxes = sorted(bases)
+    for i in range(count):
+        syntax = syntaxes[i % len(syntaxes)]
+        name = rng.choice(sorted(MUTATIONS))
+        data, claimed = MUTATIONS[name](rng, bases[syntax].read_bytes(), bases[syntax])
+        path = folder / f"case-{i:05d}.dcm"
+        path.write_bytes(data)
+        yield FuzzCase(f"{syntax}/{name}", path, claimed or syntax)
+
+
+def send_raw(host: str, port: int, case: FuzzCase, called_aet: str = "RADREPORT",
+             ) -> int | None:
+    """C-STORE the case's bytes as they are; its status, or None if none came back."""
+    ae = AE(ae_title="FUZZER")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    for sop_class in ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1",
+                      "1.2.840.10008.5.1.4.1.1.1.1.1"):
+        ae.add_requested_context(sop_class, case.transfer_syntax)
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        assoc = ae.associate(host, port, ae_title=called_aet)
+        if not assoc.is_established:
+            return None
+        try:
+            status = assoc.send_c_store(case.path)
+        except (AttributeError, ValueError, OSError):
+            assoc.abort()
+            return -1  # the peer itself could not send it: no request reached the SCP
+        assoc.release()
+        return int(status.Status) if "Status" in status else None
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
