@@ -590,6 +590,19 @@ def bench_stack(
         typer.echo(line)
 
 
+@bench_app.command("chaos")
+def bench_chaos(
+    fuzz_cases: Annotated[int, typer.Option(min=1, help="Mutated DICOM instances (R3).")
+                          ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the mutations.")] = 0,
+) -> None:
+    """The DICOM service under fuzzing, bombs and an association flood: one table."""
+    from radreport.bench.chaos import run
+
+    for line in run(fuzz_cases, seed):
+        typer.echo(line)
+
+
 @bench_app.command("phantoms")
 def bench_phantoms(
     count: Annotated[int, typer.Option(min=1)] = 1000,

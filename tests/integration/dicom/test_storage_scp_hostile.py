@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import logging
-import struct
 import time
 import warnings
 import zlib
@@ -28,6 +27,7 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from radreport.bench.dicom_fuzz import deflate_bomb
 from radreport.serving.tritonserver import free_port
 from services.common.logs import configure_logging
 from services.common.store import Store
@@ -119,15 +119,7 @@ def _elements(ds: Dataset) -> bytes:
 def test_a_deflate_bomb_is_refused_before_it_is_inflated(scp: StorageSCP,
                                                          tmp_path: Path) -> None:
     """1 MB of zeros deflates to 1 KB; 200 MB to ~200 KB: far past the 32 MB limit."""
-    ds = _header()
-    ds.Rows = ds.Columns = 10_000  # 200 MB of 16-bit pixels, declared honestly
-    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    body = [deflater.compress(_elements(ds) + b"\xe0\x7f\x10\x00OW\0\0"
-                              + struct.pack("<I", 200_000_000))]
-    zeros = bytes(1 << 20)
-    body += [deflater.compress(zeros) for _ in range(190)]
-    body += [deflater.compress(bytes(200_000_000 - 190 * len(zeros))), deflater.flush()]
-    path = _write(tmp_path / "bomb.dcm", ds, DeflatedExplicitVRLittleEndian, b"".join(body))
+    path = deflate_bomb(tmp_path / "bomb.dcm", 200_000_000)
     assert path.stat().st_size < 1_000_000
     refused = INSTANCES_REJECTED.labels("too_large")._value.get()
     assert _send_file(scp, path, DeflatedExplicitVRLittleEndian) == OUT_OF_RESOURCES
@@ -209,3 +201,17 @@ def test_a_peer_hoarding_idle_associations_cannot_starve_another(tmp_path: Path)
         again.release()
     finally:
         scp.stop()
+
+
+def test_one_sop_instance_uid_under_two_studies_is_refused_the_second_time(
+        scp: StorageSCP, tmp_path: Path) -> None:
+    """The second copy would be a file no record points to (found by the chaos fuzzer)."""
+    first = _header()
+    first.PixelData = bytes(512 * 512 * 2)
+    assert _send_file(scp, _write(tmp_path / "a.dcm", first, ExplicitVRLittleEndian,
+                                  _elements(first)), ExplicitVRLittleEndian) == 0x0000
+    second = first.copy()
+    second.StudyInstanceUID = generate_uid()
+    assert _send_file(scp, _write(tmp_path / "b.dcm", second, ExplicitVRLittleEndian,
+                                  _elements(second)), ExplicitVRLittleEndian) == CANNOT_UNDERSTAND
+    assert len(list(scp.root.rglob("*.dcm"))) == 1
