@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from radreport.model.config import ModelConfig
 from radreport.model.model import RadReportModel
@@ -128,13 +130,24 @@ def _matmul_weight(path: str, weight: Tensor, config: ModelConfig,
     state[f"{path}.{'in_proj_weight' if in_proj else 'weight'}"] = weight.T.contiguous()
 
 
-def recover_model(folder: str | Path, images: Iterable[Tensor] = ()) -> RadReportModel:
+def recover_model(folder: str | Path, images: Iterable[Tensor] = (),
+                  image_size: int | None = None) -> RadReportModel:
     """The folder's model in PyTorch, its eval-mode function that of the graphs.
 
     ``images`` (batches of model inputs) measure each BatchNorm's input statistics, which
     then become its running statistics and scale (see the module docstring).
+    ``image_size`` other than the folder's starts a run at another input size: the
+    convolutions are size-free, and the patch grid's position embeddings are resized
+    (bicubic, as ViTs are fine-tuned at a higher resolution).
     """
     config, state = load_weights(folder)
+    if image_size is not None and image_size != config.image_size:
+        if config.arch != "chexquery":
+            raise ValueError("only a chexquery model starts at another input size")
+        old_grid = config.image_size // config.patch
+        config = replace(config, image_size=image_size)
+        key = "encoder.cnn.pos_emb"
+        state[key] = resize_positions(state[key], old_grid, image_size // config.patch)
     model = RadReportModel(config)
     model.load_state_dict(state, strict=False)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -145,6 +158,15 @@ def recover_model(folder: str | Path, images: Iterable[Tensor] = ()) -> RadRepor
     model.eval()
     _measure_batchnorm(model, norms, images)
     return model
+
+
+def resize_positions(positions: Tensor, old_grid: int, new_grid: int) -> Tensor:
+    """(1, old_grid**2, C) row-major patch position embeddings -> (1, new_grid**2, C)."""
+    width = positions.shape[-1]
+    grid = positions.reshape(1, old_grid, old_grid, width).permute(0, 3, 1, 2)
+    resized = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic",
+                            align_corners=False)
+    return resized.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, width)
 
 
 def _measure_batchnorm(model: RadReportModel, norms: list[nn.BatchNorm2d],

@@ -575,7 +575,7 @@ def _initial_model(config: TrainConfig, model_config: ModelConfig,
     loader = make_loader(train_set, config, shuffle_seed=7_919)
     images = (batch["images"] for _, batch in zip(range(config.train.bn_batches), loader,
                                                     strict=False))
-    model = recover_model(config.train.init_from, images)
+    model = recover_model(config.train.init_from, images, image_size=model_config.image_size)
     if model.config != model_config:
         raise ValueError(f"{config.train.init_from} has another model config than the run's: "
                          f"{model.config}")

@@ -12,7 +12,12 @@ import torch
 from radreport.model.config import ModelConfig
 from radreport.model.export import DecoderStepGraph, EncoderGraph, write_model_folder
 from radreport.model.model import RadReportModel
-from radreport.model.onnx_weights import load_weights, module_path, recover_model
+from radreport.model.onnx_weights import (
+    load_weights,
+    module_path,
+    recover_model,
+    resize_positions,
+)
 from radreport.model.prompt import PROMPT_LEN
 from radreport.model.tokenizer import ReportTokenizer
 from radreport.model.train import load_config, train
@@ -122,3 +127,27 @@ def test_a_run_starts_from_a_model_folder(trained_folder: tuple[RadReportModel, 
     with torch.no_grad():
         probs = torch.sigmoid(model.eval().encode(torch.from_numpy(image)).label_logits)
     np.testing.assert_allclose(probs.numpy(), served, atol=0.02)
+
+
+def test_a_run_can_start_at_a_larger_input_size(
+        trained_folder: tuple[RadReportModel, Path]) -> None:
+    """64 px (a 4 x 4 grid) read back at 96 px (6 x 6): the convolutions carry over, the
+    position embeddings are resized smoothly, and the model runs at the new size."""
+    original, folder = trained_folder
+    images = torch.rand(2, 1, 96, 96, generator=torch.Generator().manual_seed(6))
+    grown = recover_model(folder, [images], image_size=96)
+    assert grown.config.image_size == 96 and grown.config.n_patches == 36
+    old = original.encoder.cnn.pos_emb.detach()  # type: ignore[union-attr]
+    new = grown.encoder.cnn.pos_emb.detach()  # type: ignore[union-attr]
+    assert new.shape == (1, 36, old.shape[-1])
+    corners = new.reshape(6, 6, -1)[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert torch.allclose(corners.mean(0), old.reshape(4, 4, -1)[[0, 0, -1, -1], [0, -1, 0, -1]]
+                          .mean(0), atol=0.5 * float(old.abs().max()))
+    same = resize_positions(old, 4, 4)
+    assert torch.allclose(same, old, atol=1e-6)
+    native = recover_model(folder).state_dict()  # convolutions as read back (BN unfolded)
+    for name, value in native.items():
+        if name.startswith("encoder.cnn.net") and value.ndim == 4:  # the convolutions
+            assert torch.equal(grown.state_dict()[name], value), name
+    with torch.no_grad():
+        assert EncoderGraph(grown)(images)[0].shape[0] == 2
