@@ -15,7 +15,7 @@ import fcntl
 import json
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -274,8 +274,13 @@ class Store:
             return attempts[stage]
 
     def save_review(self, report_id: str, text: dict[str, str], signer: str | None,
-                    edit_distance: float) -> Report | None:
-        """Store a radiologist's text; signing makes it signed, a later change amended."""
+                    edit_distance: float,
+                    before_commit: Callable[[Report], None] | None = None) -> Report | None:
+        """Store a radiologist's text; signing makes it signed, a later change amended.
+
+        ``before_commit`` sees the report as it will be, inside the transaction (the row
+        locked): what it writes elsewhere (the FHIR bundle) happens only if it returns, and
+        if it raises nothing is stored."""
         now = utcnow()
         with self.session() as session:
             report = session.get(Report, report_id, with_for_update=True)
@@ -294,6 +299,8 @@ class Store:
             report.updated_at = now
             session.add(StatusChange(report_id=report_id, status=f"review:{report.review_status}",
                                      reason=None, at=now))
+            if before_commit is not None:
+                before_commit(report)
             return report
 
     def idle_unfinished(self, older_than_s: float) -> list[Report]:

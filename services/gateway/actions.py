@@ -78,15 +78,19 @@ def visible_to(report: Report, principal: Principal) -> bool:
 
 async def readable_report(services: Services, report_id: str, principal: Principal,
                           client: str | None, what: str, action: str = "read",
-                          ) -> Report | None:
-    """The report if it exists and this caller may see it; None alike otherwise (no leak)."""
+                          audit_success: bool = True) -> Report | None:
+    """The report if it exists and this caller may see it; None alike otherwise (no leak).
+
+    Refusals are audited here; with ``audit_success`` false the caller audits the outcome
+    of what it then does (an edit that fails is audited as that failure, once)."""
     report = None
     if report_id.startswith("RPT-") and len(report_id) <= 40:
         report = await run_in_threadpool(services.store.get, report_id)
     allowed = report is not None and visible_to(report, principal)
     outcome = "success" if allowed else ("denied" if report else "not_found")
-    await run_in_threadpool(services.store.audit, principal.subject, action, what,
-                            report_id if report else None, outcome, client)
+    if outcome != "success" or audit_success:
+        await run_in_threadpool(services.store.audit, principal.subject, action, what,
+                                report_id if report else None, outcome, client)
     return report if allowed else None
 
 

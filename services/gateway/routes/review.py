@@ -7,7 +7,8 @@ report edit rate of our design docs, the product's primary quality measure).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import logging
+from typing import Annotated, Literal, NoReturn
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
@@ -21,6 +22,7 @@ from services.common.schemas import ReportPublic, ReportStatus, UtcDatetime
 from services.common.store import Report, utcnow
 from services.fhir.bundle import rewrite_bundle
 from services.fhir.report import FhirReportStatus
+from services.gateway import actions
 from services.gateway.deps import (
     Admins,
     ClientDep,
@@ -36,6 +38,7 @@ from services.gateway.routes.reports import _completed, _readable
 from services.gateway.views import to_public
 from services.grounding.render import plain_image
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["review"],
                    responses=error_responses(*AUTHENTICATED))
 FHIR_STATUS: dict[str, FhirReportStatus] = {"draft": "preliminary", "signed": "final",
@@ -120,23 +123,66 @@ def edit_distance(report: Report, text: ReportText) -> float:
 
 async def _review(services: Services, report_id: str, principal: Principal,
                   client: str | None, text: ReportText, sign: bool) -> Report:
-    report = await _readable(services, report_id, principal, client, "report",
-                             action="sign" if sign else "edit")
-    _completed(report)
+    """Save (and with ``sign``, sign) the text, all or nothing.
+
+    Everything is checked before anything is written. The new FHIR bundle is written inside
+    the store's transaction, so an error in either leaves both as they were (the bundle is
+    put back if the commit itself fails). The outcome is audited once: success, or the
+    failure and why; a failure changes nothing else.
+    """
+    action = "sign" if sign else "edit"
+    report = await actions.readable_report(services, report_id, principal, client, "report",
+                                           action, audit_success=False)
+    if report is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no report with this id")
+
+    async def fail(code: int, why: str) -> NoReturn:
+        await run_in_threadpool(services.store.audit, principal.subject, action, "report",
+                                report.id, "failure", client, why)
+        raise HTTPException(code, why)
+
+    if report.status != ReportStatus.completed:
+        await fail(status.HTTP_409_CONFLICT, f"the report is {report.status}, not completed")
+    if sign and not text.impression.strip():
+        await fail(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                   "a report is signed with an impression, and this one is empty")
     distance = edit_distance(report, text)
-    updated = await run_in_threadpool(
-        services.store.save_review, report.id, text.model_dump(),
-        principal.subject if sign else None, distance)
+    try:
+        updated = await run_in_threadpool(
+            _save_with_bundle, services, report.id, text, principal.subject if sign else None,
+            distance)
+    except Exception as err:  # nothing was stored, and the bundle is as it was
+        log.exception("review of %s failed; nothing changed", report.id)
+        await fail(status.HTTP_500_INTERNAL_SERVER_ERROR,
+                   f"the review could not be saved ({type(err).__name__}); nothing changed")
     if updated is None:
-        raise HTTPException(status.HTTP_409_CONFLICT, "the report cannot be reviewed now")
-    fhir_status: FhirReportStatus = FHIR_STATUS[updated.review_status]
-    await run_in_threadpool(rewrite_bundle, updated, services.blobs,
-                            services.common.public_base_url, utcnow(),
-                            fhir_status, text.model_dump())
+        await fail(status.HTTP_409_CONFLICT, "the report cannot be reviewed now")
+    assert updated is not None  # fail() raised otherwise
+    await run_in_threadpool(services.store.audit, principal.subject, action, "report",
+                            report.id, "success", client)
     if sign:
         REPORTS_SIGNED.labels("yes" if distance > 0 else "no").inc()
         EDIT_DISTANCE.observe(distance)
     return updated
+
+
+def _save_with_bundle(services: Services, report_id: str, text: ReportText,
+                      signer: str | None, distance: float) -> Report | None:
+    """The store's review and the FHIR bundle, together or not at all."""
+    bundle = services.blobs.path(report_id, "fhir.json")
+    before = bundle.read_bytes() if bundle.is_file() else None
+
+    def write_bundle(updated: Report) -> None:
+        rewrite_bundle(updated, services.blobs, services.common.public_base_url, utcnow(),
+                       FHIR_STATUS[updated.review_status], text.model_dump())
+
+    try:
+        return services.store.save_review(report_id, text.model_dump(), signer, distance,
+                                          before_commit=write_bundle)
+    except Exception:
+        if before is not None:  # the bundle was written, then the commit failed
+            services.blobs.put_bytes(report_id, "fhir.json", before)
+        raise
 
 
 @router.put("/reports/{report_id}/text", response_model=ReportPublic,
@@ -153,9 +199,6 @@ async def save_text(report_id: str, text: ReportText, services: ServicesDep,
 async def sign_report(report_id: str, text: ReportText, services: ServicesDep,
                       principal: Radiologists, client: ClientDep) -> dict[str, object]:
     """Sign the report with this text: the FHIR DiagnosticReport becomes final."""
-    if not text.impression.strip():
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            "a report is signed with an impression, and this one is empty")
     report = await _review(services, report_id, principal, client, text, sign=True)
     return review_view(report)
 
