@@ -19,6 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
+from sqlalchemy.exc import OperationalError
 from starlette.routing import compile_path
 from starlette.types import Scope
 
@@ -32,6 +33,7 @@ from services.common.queue import DEAD_LETTER_KEY, STAGE_QUEUES, redis_client
 from services.common.redrive import redrive_lost
 from services.common.settings import get_common_settings
 from services.common.store import Store
+from services.gateway.actions import RETRY_AFTER_S
 from services.gateway.body_limits import BodyLimits
 from services.gateway.deps import Services
 from services.gateway.grpc_api import start_grpc
@@ -117,6 +119,12 @@ def create_app() -> FastAPI:
         start = time.perf_counter()
         try:
             response = await call_next(request)
+        except OperationalError:  # the store (PostgreSQL) is away: retry, nothing was done
+            log.warning("the store is unavailable; answering 503", exc_info=True)
+            response = JSONResponse({"detail": "the report store is unavailable; retry after "
+                                               "the Retry-After delay",
+                                     "reason": "store_unavailable"}, status_code=503,
+                                    headers={"Retry-After": str(RETRY_AFTER_S)})
         except Exception:  # counted like any answer; the body names nothing internal
             log.exception("unhandled error answering %s", request.method)
             response = JSONResponse({"detail": "internal server error", "reason": "internal"},

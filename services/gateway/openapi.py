@@ -17,9 +17,9 @@ DESCRIPTIONS = {
     415: "The image is not DICOM (Part 10), PNG or JPEG",
     422: "Invalid request, or an image we will not report on (reason says why)",
     500: "Internal error (the body names nothing internal)",
-    503: "A dependency (Redis, the store) is unavailable; retry after Retry-After",
+    503: "A dependency (Redis, the report store) is unavailable; retry after Retry-After",
 }
-AUTHENTICATED = (401, 403, 422, 500)
+AUTHENTICATED = (401, 403, 422, 500, 503)
 WITH_BODY = (408, 413)
 
 

@@ -108,7 +108,7 @@ def _answer(report: Report) -> JSONResponse:
 @router.post(
     "/reports/generate", openapi_extra=GENERATE_BODY, response_model=ReportPublic,
     responses={202: {"description": "Accepted; poll the Location", "model": ReportPublic},
-               **error_responses(404, 408, 413, 415, 503)})
+               **error_responses(404, 408, 413, 415)})
 async def generate_report(request: Request, services: ServicesDep, principal: Requesters,
                           client: ClientDep,
                           prefer: Annotated[str | None, Header()] = None) -> JSONResponse:
