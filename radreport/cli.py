@@ -603,6 +603,19 @@ def bench_chaos(
         typer.echo(line)
 
 
+@bench_app.command("load")
+def bench_load(
+    minutes: Annotated[float, typer.Option(min=0.1, help="How long to keep posting.")] = 10.0,
+    factor: Annotated[float, typer.Option(min=0.1, help="Times the nominal rate (1 per 8 s).")
+                      ] = 2.0,
+) -> None:
+    """A steady stream of studies: errors, exactly-once, queue depth and memory (R13)."""
+    from radreport.bench.load import run
+
+    for line in run(minutes, factor):
+        typer.echo(line)
+
+
 @bench_app.command("phantoms")
 def bench_phantoms(
     count: Annotated[int, typer.Option(min=1)] = 1000,
