@@ -17,6 +17,7 @@ import grpc
 from fastapi.concurrency import run_in_threadpool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.exc import OperationalError
 
 from radreport.v1 import report_pb2 as pb
 from radreport.v1 import report_service_pb2 as service_pb
@@ -235,6 +236,19 @@ async def _abort_failed(context: Context, report: Report) -> NoReturn:
                  f"report {report.id} failed: {report.status_reason or 'no reason given'}")
 
 
+async def _abort_unavailable(context: Context) -> NoReturn:
+    """The store (PostgreSQL) is away: UNAVAILABLE, as REST's 503; nothing was done."""
+    log.warning("the store is unavailable; answering UNAVAILABLE", exc_info=True)
+    await _abort(context, grpc.StatusCode.UNAVAILABLE, "the report store is unavailable; "
+                 "retry later")
+
+
+async def _abort_internal(context: Context) -> NoReturn:
+    """An unexpected error: INTERNAL with words of ours, not the exception's text."""
+    log.exception("unhandled error in a gRPC call")
+    await _abort(context, grpc.StatusCode.INTERNAL, "internal error")
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Calls and their duration per method and status code; no request data in labels."""
 
@@ -260,6 +274,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 start = time.perf_counter()
                 try:
                     return await inner(request, context)
+                except OperationalError:
+                    await _abort_unavailable(context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception:
+                    await _abort_internal(context)
                 finally:
                     record(context, start)
             return grpc.unary_unary_rpc_method_handler(
@@ -272,6 +292,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     async for message in stream(request, context):
                         yield message
+                except OperationalError:
+                    await _abort_unavailable(context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception:
+                    await _abort_internal(context)
                 finally:
                     record(context, start)
             return grpc.unary_stream_rpc_method_handler(

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
@@ -23,6 +24,8 @@ from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 from radreport.serving.tritonserver import free_port
 from radreport.stack import LocalStack, StackConfig
+from radreport.v1 import report_service_pb2 as service_pb
+from radreport.v1 import report_service_pb2_grpc as service_grpc
 from services.common.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -103,6 +106,13 @@ def test_postgres_restarted_under_load_loses_nothing(stack: LocalStack, cluster:
                         files={"file": ("s.dcm", study.read_bytes())})
         assert down.status_code == 503, down.text
         assert int(down.headers["Retry-After"]) > 0
+        with grpc.insecure_channel(stack.config.grpc_target) as channel:
+            reports = service_grpc.ReportServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                reports.Generate(service_pb.GenerateRequest(
+                    study_id="PG-DOWN", image_data=study.read_bytes()),
+                    metadata=(("authorization", f"Bearer {token}"),), timeout=60)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         time.sleep(3)
     finally:
         cluster.start()
