@@ -594,13 +594,20 @@ def bench_stack(
 def bench_chaos(
     fuzz_cases: Annotated[int, typer.Option(min=1, help="Mutated DICOM instances (R3).")
                           ] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the mutations.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the mutations and API cases.")] = 0,
+    api_cases: Annotated[int, typer.Option(
+        min=0, help="Schemathesis cases against the running stack's API (R10); 0: none.")
+    ] = 10_000,
 ) -> None:
-    """The DICOM service under fuzzing, bombs and an association flood: one table."""
-    from radreport.bench.chaos import run
+    """The DICOM service under fuzzing, bombs and an association flood, and the API under
+    schemathesis: one table."""
+    from radreport.bench.chaos import run, run_api
 
     for line in run(fuzz_cases, seed):
         typer.echo(line)
+    if api_cases:
+        for line in run_api(api_cases, seed):
+            typer.echo(line)
 
 
 @bench_app.command("load")
