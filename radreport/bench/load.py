@@ -23,7 +23,7 @@ from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 from radreport.stack import LocalStack, StackConfig
 from services.common.queue import STAGE_QUEUES
-from services.common.store import Store
+from services.common.store import Report, Store
 
 NOMINAL_PER_S = 1 / 8
 
@@ -64,6 +64,18 @@ def _children(pid: int) -> list[int]:
     return direct + [g for c in direct for g in _children(c)]
 
 
+def wait_finished(store: Store, report_ids: list[str], timeout_s: float,
+                  ) -> dict[str, Report | None]:
+    """The reports once all are completed or failed, or as they stand after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reports = {i: store.get(i) for i in report_ids}
+        if time.monotonic() >= deadline or all(
+                r is not None and r.status in ("completed", "failed") for r in reports.values()):
+            return reports
+        time.sleep(0.5)
+
+
 def run_load(stack: LocalStack, studies: list[Path], rate_per_s: float, seconds: float,
              warmup_s: float = 60.0) -> LoadResult:
     config = stack.config
@@ -98,12 +110,7 @@ def run_load(stack: LocalStack, studies: list[Path], rate_per_s: float, seconds:
             time.sleep(max(0.0, start + result.sent / rate_per_s - time.monotonic()))
     result.seconds = time.monotonic() - start
     store = Store(f"sqlite:///{config.data_dir / 'radreport.db'}")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        statuses = [store.get(i) for i in report_ids]
-        if all(r is not None and r.status in ("completed", "failed") for r in statuses):
-            break
-        time.sleep(1)
+    wait_finished(store, report_ids, 300)
     stop.set()
     end = {name: rss_mb(pid) for name, pid in stack.pids().items()}
     result.rss_mb = {name: (warm.get(name, end[name]), end[name]) for name in end}

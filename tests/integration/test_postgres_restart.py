@@ -20,6 +20,7 @@ import httpx
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
+from radreport.bench.load import wait_finished
 from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 from radreport.serving.tritonserver import free_port
@@ -117,13 +118,7 @@ def test_postgres_restarted_under_load_loses_nothing(stack: LocalStack, cluster:
     finally:
         cluster.start()
 
-    deadline = time.monotonic() + 180
-    reports = {}
-    while time.monotonic() < deadline:
-        reports = {i: store.get(i) for i in report_ids}
-        if all(r is not None and r.status in ("completed", "failed") for r in reports.values()):
-            break
-        time.sleep(0.5)
+    reports = wait_finished(store, report_ids, 180)
     for report_id, report in reports.items():
         assert report is not None and report.status == "completed", (report_id, report and
                                                                      report.status_reason)

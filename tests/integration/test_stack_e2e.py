@@ -12,7 +12,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -23,6 +22,7 @@ from fhir.resources.R4B.bundle import Bundle
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from radreport.bench.load import wait_finished
 from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 from radreport.model.prompt import ClinicalContext
@@ -273,17 +273,6 @@ def test_a_report_stored_but_never_queued_is_picked_up(stack: LocalStack,
     assert [c.status for c in store.history(report.id)].count("completed") == 1
 
 
-def _wait_finished(store: Store, report_ids: list[str], timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    reports: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        reports = {i: store.get(i) for i in report_ids}
-        if all(r is not None and r.status in ("completed", "failed") for r in reports.values()):
-            break
-        time.sleep(0.5)
-    return reports
-
-
 def test_redis_killed_and_restarted_empty_loses_nothing_and_repeats_nothing(
         api: httpx.Client, stack: LocalStack, phantom_dicom: Path, tmp_path: Path) -> None:
     """R8: Redis is killed under load and comes back without its data (every queued message
@@ -320,7 +309,7 @@ def test_redis_killed_and_restarted_empty_loses_nothing_and_repeats_nothing(
     time.sleep(3)
 
     stack.start_redis()
-    reports = _wait_finished(store, report_ids, 120)
+    reports = wait_finished(store, report_ids, 120)
     for report_id, report in reports.items():
         assert report is not None and report.status == "completed", report_id
         history = [change.status for change in store.history(report_id)]
@@ -357,7 +346,7 @@ def test_triton_killed_and_restarted_loses_nothing(api: httpx.Client, stack: Loc
     assert all(s == "inferring" for s, _ in waiting.values()), waiting
 
     stack.start_triton()
-    reports = _wait_finished(store, report_ids, 180)
+    reports = wait_finished(store, report_ids, 180)
     for report_id, report in reports.items():
         assert report is not None and report.status == "completed", report_id
         assert [c.status for c in store.history(report_id)].count("completed") == 1

@@ -6,9 +6,7 @@ status, leaves no file behind, and writes nothing identifying to the log."""
 from __future__ import annotations
 
 import io
-import logging
 import time
-import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +27,6 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from radreport.bench.dicom_fuzz import deflate_bomb
 from radreport.serving.tritonserver import free_port
-from services.common.logs import configure_logging
 from services.common.store import Store
 from services.dicom.metrics import INSTANCES_REJECTED
 from services.dicom.scp import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, StorageSCP
@@ -52,20 +49,6 @@ def scp(tmp_path: Path) -> Iterator[StorageSCP]:
         yield scp
     finally:
         scp.stop()
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level, warnings.showwarning
-    configure_logging("INFO")
-    stream = io.StringIO()
-    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
-    try:
-        yield stream
-    finally:
-        root.handlers[:], root.level = saved[0], saved[1]
-        warnings.showwarning = saved[2]
 
 
 def _send_file(scp: StorageSCP, path: Path, syntax: UID) -> int:
@@ -148,7 +131,7 @@ def test_a_dataset_without_its_sop_class_is_refused_and_not_written(
 
 
 def test_a_uid_that_swallows_the_identity_leaves_no_trace_in_the_log(
-        scp: StorageSCP, tmp_path: Path, log_stream: io.StringIO) -> None:
+        scp: StorageSCP, tmp_path: Path, json_log: io.StringIO) -> None:
     ds = _header()
     ds.StudyInstanceUID = "1.2.3.4"
     ds.ReferringPhysicianName = "CANARYDOC^X"
@@ -160,7 +143,7 @@ def test_a_uid_that_swallows_the_identity_leaves_no_trace_in_the_log(
     raw[at + 6] += 80
     path = _write(tmp_path / "swallowing.dcm", ds, ExplicitVRLittleEndian, bytes(raw))
     assert _send_file(scp, path, ExplicitVRLittleEndian) == CANNOT_UNDERSTAND
-    written = log_stream.getvalue()
+    written = json_log.getvalue()
     assert '"logger": "pydicom"' in written  # the library did warn
     assert not any(canary in written for canary in CANARIES)
     assert not list(scp.root.rglob("*"))

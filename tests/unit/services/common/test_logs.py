@@ -6,32 +6,15 @@ from __future__ import annotations
 import io
 import json
 import logging
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from services.common.logs import WITHHELD, JsonFormatter, configure_logging
+from services.common.logs import WITHHELD, JsonFormatter
 
 CANARIES = ("CANARYFAMILY", "CANARYGIVEN", "CANARYPID9", "19011231", "CANARYDOC")
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level, warnings.showwarning
-    configure_logging("INFO")
-    stream = io.StringIO()
-    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
-    try:
-        yield stream
-    finally:
-        root.handlers[:], root.level = saved[0], saved[1]
-        warnings.showwarning = saved[2]
 
 
 def _file_whose_uid_swallows_identity(tmp_path: Path) -> Path:
@@ -55,10 +38,10 @@ def _file_whose_uid_swallows_identity(tmp_path: Path) -> Path:
 
 
 def test_a_malformed_uid_is_logged_without_the_bytes_it_swallowed(
-        captured: io.StringIO, tmp_path: Path) -> None:
+        json_log: io.StringIO, tmp_path: Path) -> None:
     ds = pydicom.dcmread(_file_whose_uid_swallows_identity(tmp_path))
     assert "CANARYDOC" in repr(ds.SOPInstanceUID.encode("latin-1", "replace"))  # premise
-    lines = captured.getvalue().splitlines()
+    lines = json_log.getvalue().splitlines()
     assert lines, "pydicom warned about the UID"
     for line in lines:
         entry = json.loads(line)  # every line is JSON, warnings included
