@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.auth import Principal
 from services.common.schemas import (
@@ -65,7 +66,11 @@ async def _parse_generate(request: Request, services: Services,
         fields = body.model_dump(exclude={"image_path", "image_url"})
         return ReportRequestBase(**fields), data
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=10)
+        try:
+            form = await request.form(max_files=1, max_fields=10)
+        except StarletteHTTPException as err:  # its 400 for a malformed form or too many parts
+            raise IngestError(422, "the multipart form is malformed or has more than 10 "
+                              "fields or 1 file", "bad_form") from err
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise IngestError(422, "multipart upload needs a 'file' part", "missing_file")
