@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 VENV=${RADREPORT_VENV:-.venv}
-DEBIAN_PACKAGES=(dicom3tools dcmtk default-jre-headless redis-server orthanc prometheus chromium)
+DEBIAN_PACKAGES=(dicom3tools dcmtk default-jre-headless redis-server orthanc prometheus chromium
+                 postgresql)
 
 missing=()
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
@@ -16,6 +17,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # the stack'
 command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)  # a real PACS peer in the tests
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # scrapes the stack in a test
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the review page's browser test
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)  # restart test
 if ((${#missing[@]})); then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
     echo "bootstrap: please install the Debian packages: ${DEBIAN_PACKAGES[*]}" >&2; exit 1
