@@ -51,7 +51,7 @@ def fuzz_api(base_url: str, token: str, cases: int, fixed_seed: int = 0) -> Fuzz
                 if response.status_code >= 500:
                     result.server_errors += 1
                 case.validate_response(response, checks=CHECKS)
-            except Exception as err:  # a failed check: counted, the run goes on
+            except (Exception, BaseExceptionGroup) as err:  # a failed check: counted, go on
                 for failure in getattr(err, "exceptions", [err]):
                     result.failures[getattr(failure, "title", type(failure).__name__)] += 1
 
