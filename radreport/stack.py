@@ -132,6 +132,7 @@ class LocalStack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.state_file = config.run_dir / "stack.json"
+        self.ready_file = config.run_dir / "stack.ready"  # written once a supervisor is up
         self.logs = config.run_dir / "logs"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.supervisor_pid: int | None = None  # set in the supervising process
@@ -279,6 +280,7 @@ class LocalStack:
                 self.processes[name].wait()
         self.processes.clear()
         self.state_file.unlink(missing_ok=True)
+        self.ready_file.unlink(missing_ok=True)
 
     def __enter__(self) -> LocalStack:
         self.up()
@@ -332,6 +334,7 @@ def start_supervised(config: StackConfig, timeout: float) -> LocalStack:
     if stack.running():
         raise StackError(f"a stack is already running (state in {stack.state_file})")
     stack.logs.mkdir(parents=True, exist_ok=True)
+    stack.ready_file.unlink(missing_ok=True)  # left by a supervisor that was killed
     log = (stack.logs / "supervisor.log").open("ab")
     supervisor = subprocess.Popen([sys.executable, "-m", "radreport.stack"], stdout=log,
                                   stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
@@ -340,9 +343,8 @@ def start_supervised(config: StackConfig, timeout: float) -> LocalStack:
     while time.monotonic() < deadline:
         if supervisor.poll() is not None:
             raise StackError(f"the stack did not start; see {stack.logs}")
-        if (stack.state_file.is_file() and SUPERVISOR in stack.pids()
-                and http_ok(f"{config.gateway_url}/readyz") and _listening(config.dicom_port)):
-            return stack
+        if stack.ready_file.is_file() and SUPERVISOR in stack.pids():
+            return stack  # the supervisor has seen every process ready and now watches them
         time.sleep(0.5)
     _stop_group(supervisor.pid, 20)
     raise StackError(f"the stack was not ready after {timeout:.0f} s; logs in {stack.logs}")
@@ -356,6 +358,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stack.up()
+    stack.ready_file.write_text(str(os.getpid()))
     stack.supervise(stop)
 
 
