@@ -187,8 +187,12 @@ class Store:
     # --- reports --------------------------------------------------------------------
 
     def create_or_get(self, study_id: str, model_version: str, request: dict[str, Any],
-                      force: bool = False) -> tuple[Report, bool]:
-        """The study's current report for this model, or a new queued one; (report, created)."""
+                      force: bool = False, report_id: str | None = None,
+                      source: dict[str, Any] | None = None) -> tuple[Report, bool]:
+        """The study's current report for this model, or a new queued one; (report, created).
+
+        A new report may be given its id and source, so that a row never exists without the
+        input it names (the caller writes the input under that id first)."""
         key = f"{study_id}|{model_version}"
         for _ in range(3):  # a concurrent create of the same study wins; we then read it
             try:
@@ -201,16 +205,23 @@ class Store:
                         existing.idempotency_key = None
                         session.flush()
                     now = utcnow()
-                    report = Report(id=new_report_id(), study_id=study_id,
+                    report = Report(id=report_id or new_report_id(), study_id=study_id,
                                     model_version=model_version, idempotency_key=key,
-                                    status=ReportStatus.queued.value, request=request, source={},
-                                    attempts={}, created_at=now, updated_at=now)
+                                    status=ReportStatus.queued.value, request=request,
+                                    source=source or {}, attempts={}, created_at=now,
+                                    updated_at=now)
                     session.add(report)
                     session.add(StatusChange(report_id=report.id, status=report.status, at=now))
                     return report, True
             except IntegrityError:
                 continue
         raise RuntimeError("could not create or find the study's report")
+
+    def find(self, study_id: str, model_version: str) -> Report | None:
+        """The study's current report for this model, if it has one."""
+        with self.session() as session:
+            return session.scalars(select(Report).where(
+                Report.idempotency_key == f"{study_id}|{model_version}")).first()
 
     def get(self, report_id: str) -> Report | None:
         with self.session() as session:
