@@ -21,7 +21,7 @@ def test_a_failed_insert_leaves_no_image_and_no_row(tmp_path: Path) -> None:
         session.execute(text("CREATE TRIGGER gone BEFORE INSERT ON reports "
                              "BEGIN SELECT RAISE(ABORT, 'the disk went away'); END"))
     blobs = BlobStore(tmp_path / "blobs")
-    with pytest.raises(Exception, match="could not create|disk went away"):
+    with pytest.raises(Exception, match=r"could not create|disk went away"):
         accept_study(store, blobs, study_id="S-1", model_version="m:1", request={},
                      image=b"\x89PNG", image_format="png", metadata={}, source="api")
     assert store.list_for_study("S-1") == []
