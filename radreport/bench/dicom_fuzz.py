@@ -28,6 +28,7 @@ from pynetdicom import AE, _config
 
 from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import TRANSFER_SYNTAXES, DicomOptions, write_study_dicom
+from services.preprocess.imaging import file_meta_end
 
 BASE_SYNTAXES: tuple[UID, ...] = (*TRANSFER_SYNTAXES, DeflatedExplicitVRLittleEndian,
                                   ExplicitVRBigEndian)
@@ -62,15 +63,8 @@ def base_files(folder: Path, size: int = 256) -> dict[UID, Path]:
 
 
 def _meta_end(data: bytes) -> int:
-    """Where the dataset starts after the File Meta group (explicit VR little endian)."""
-    offset = 132
-    while data[offset:offset + 2] == b"\x02\x00":
-        vr = data[offset + 4:offset + 6]
-        if vr in (b"OB", b"OW", b"UN", b"UT", b"SQ", b"UR", b"UC"):
-            offset += 12 + struct.unpack("<I", data[offset + 8:offset + 12])[0]
-        else:
-            offset += 8 + struct.unpack("<H", data[offset + 6:offset + 8])[0]
-    return offset
+    """Where the dataset starts, after the File Meta group that mutations leave alone."""
+    return file_meta_end(data)[0]
 
 
 Mutation = Callable[[random.Random, bytes, Path], tuple[bytes, UID | None]]

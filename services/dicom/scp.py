@@ -43,6 +43,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
+from services.common.deflate import inflated_size
 from services.common.store import Store, utcnow
 from services.dicom.metrics import ASSOCIATIONS, INSTANCES_RECEIVED, INSTANCES_REJECTED
 from services.dicom.records import DicomInstance, DicomStudy
@@ -219,20 +220,14 @@ class StorageSCP:
 
 
 def dataset_size(encoded: memoryview, transfer_syntax: UID, limit: int) -> int:
-    """Bytes the dataset takes decoded; a deflated one is inflated in chunks and discarded,
-    stopping once past ``limit`` (pynetdicom inflates whole, without a limit: a bomb)."""
+    """Bytes the dataset takes decoded; a deflated one is counted by ``inflated_size``
+    (pynetdicom would inflate it whole, without a limit: a bomb)."""
     if not transfer_syntax.is_deflated:
         return encoded.nbytes
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    size, pending = 0, bytes(encoded)
     try:
-        while pending and size <= limit:
-            size += len(inflater.decompress(pending, 1 << 20))
-            pending = inflater.unconsumed_tail
-        size += len(inflater.flush(1 << 20)) if size <= limit else 0
+        return inflated_size(encoded, limit)
     except zlib.error:
-        return size  # corrupt: left to the decoder, which refuses it as undecodable
-    return size
+        return 0  # corrupt: left to the decoder, which refuses it as undecodable
 
 
 def check_identity(ds: Dataset, affected_sop_class: UID | None) -> None:

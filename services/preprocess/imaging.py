@@ -49,6 +49,7 @@ from skimage.exposure import equalize_adapthist
 
 from radreport.model.grounding import Letterbox
 from radreport.model.report import to_model_input
+from services.common.deflate import inflated_size
 from services.common.schemas import ImageQuality
 
 log = logging.getLogger(__name__)
@@ -216,10 +217,9 @@ def check_bit_depth(bits: int) -> None:
                            f"has {low} to {high}")
 
 
-def check_content(pixels: np.ndarray) -> None:
-    """Refuse decoded pixels that are not numbers or hold no image at all (constant, blank)."""
-    if not np.isfinite(pixels).all():
-        raise InputRefused("non_finite_pixels", "the pixel values are not all finite numbers")
+def check_not_blank(pixels: np.ndarray) -> None:
+    """Refuse decoded pixels that hold no image at all (constant, blank). Non-finite values
+    never get this far: the modality LUT refuses them where they arise (``_model_view``)."""
     low, high = np.percentile(_quality_sample(pixels), [1, 99])
     if high - low < BLANK_SPREAD:
         raise InputRefused("blank_image", "the image is blank: it has no contrast at all")
@@ -338,7 +338,7 @@ def _load_dicom(data: bytes, max_pixels: int, max_bytes: int,
     except BaseException as err:  # Rust codecs panic with pyo3's PanicException (BaseException)
         raise InputRefused("corrupt_pixel_data", "the DICOM pixel data could not be "
                            "decoded") from err
-    check_content(pixels)
+    check_not_blank(pixels)
     display = _display_view(ds, frame, pixels)
     quality = quality_of(pixels, _count(metadata.get("BitsStored"), 0) or None)
     if (metadata["SOPClassUID"] == str(DigitalXRayImageStorageForProcessing)
@@ -372,22 +372,21 @@ def _read_dataset(data: bytes, part10: bool, *, stop_before_pixels: bool,
 
 
 def _check_inflated_size(data: bytes, max_bytes: int) -> None:
-    """Inflate a deflated dataset (PS3.5 A.5) up to ``max_bytes`` before pydicom does, since
-    pydicom inflates without a bound: a few MB can expand to many GB."""
-    start, syntax = _file_meta_end(data)
+    """Count what a deflated dataset (PS3.5 A.5) inflates to before pydicom inflates it,
+    since pydicom does so without a bound: a few MB can expand to many GB."""
+    start, syntax = file_meta_end(data)
     if syntax != DeflatedExplicitVRLittleEndian:
         return
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        inflater.decompress(data[start:], max_bytes)
+        inflated = inflated_size(memoryview(data)[start:], max_bytes)
     except zlib.error as err:
         raise InputRefused("corrupt_dicom", "the deflated DICOM dataset is corrupt") from err
-    if inflater.unconsumed_tail:
+    if inflated > max_bytes:
         raise InputRefused("too_large", f"the deflated DICOM dataset inflates to more than "
                            f"{max_bytes} bytes")
 
 
-def _file_meta_end(data: bytes) -> tuple[int, str]:
+def file_meta_end(data: bytes) -> tuple[int, str]:
     """Where the dataset starts after the File Meta group (always explicit VR little endian,
     PS3.10 7.1), and the Transfer Syntax UID it names."""
     offset, syntax = 132, ""
@@ -595,7 +594,7 @@ def _load_picture(data: bytes, source: SourceFormat, max_pixels: int) -> Decoded
         raise InputRefused("corrupt_pixel_data", f"the {source.upper()} image could not be "
                            "decoded") from err
     pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
-    check_content(pixels)
+    check_not_blank(pixels)
     metadata = {"Rows": pixels.shape[0], "Columns": pixels.shape[1], "BitsStored": bits}
     return DecodedImage(pixels, pixels, source, quality_of(pixels, bits), metadata)
 
