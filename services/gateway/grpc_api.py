@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
@@ -236,17 +237,22 @@ async def _abort_failed(context: Context, report: Report) -> NoReturn:
                  f"report {report.id} failed: {report.status_reason or 'no reason given'}")
 
 
-async def _abort_unavailable(context: Context) -> NoReturn:
-    """The store (PostgreSQL) is away: UNAVAILABLE, as REST's 503; nothing was done."""
-    log.warning("the store is unavailable; answering UNAVAILABLE", exc_info=True)
-    await _abort(context, grpc.StatusCode.UNAVAILABLE, "the report store is unavailable; "
-                 "retry later")
-
-
-async def _abort_internal(context: Context) -> NoReturn:
-    """An unexpected error: INTERNAL with words of ours, not the exception's text."""
-    log.exception("unhandled error in a gRPC call")
-    await _abort(context, grpc.StatusCode.INTERNAL, "internal error")
+@asynccontextmanager
+async def _answered_safely(context: Context) -> AsyncIterator[None]:
+    """What a call raises becomes a status with words of ours: UNAVAILABLE while the store
+    (PostgreSQL) is away, as REST's 503; INTERNAL for anything unexpected, never the
+    exception's text. Aborts and cancellations pass as they are."""
+    try:
+        yield
+    except (grpc.aio.AbortError, asyncio.CancelledError):
+        raise
+    except OperationalError:
+        log.warning("the store is unavailable; answering UNAVAILABLE", exc_info=True)
+        await _abort(context, grpc.StatusCode.UNAVAILABLE, "the report store is "
+                     "unavailable; retry later")
+    except Exception:
+        log.exception("unhandled error in a gRPC call")
+        await _abort(context, grpc.StatusCode.INTERNAL, "internal error")
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -273,13 +279,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: Context) -> Any:
                 start = time.perf_counter()
                 try:
-                    return await inner(request, context)
-                except OperationalError:
-                    await _abort_unavailable(context)
-                except (grpc.aio.AbortError, asyncio.CancelledError):
-                    raise
-                except Exception:
-                    await _abort_internal(context)
+                    async with _answered_safely(context):
+                        return await inner(request, context)
                 finally:
                     record(context, start)
             return grpc.unary_unary_rpc_method_handler(
@@ -290,14 +291,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
                 start = time.perf_counter()
                 try:
-                    async for message in stream(request, context):
-                        yield message
-                except OperationalError:
-                    await _abort_unavailable(context)
-                except (grpc.aio.AbortError, asyncio.CancelledError):
-                    raise
-                except Exception:
-                    await _abort_internal(context)
+                    async with _answered_safely(context):
+                        async for message in stream(request, context):
+                            yield message
                 finally:
                     record(context, start)
             return grpc.unary_stream_rpc_method_handler(
