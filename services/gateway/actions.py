@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # deps imports this module
     from services.gateway.deps import Services
 
 QUEUE_UNAVAILABLE = "the report queue is unavailable; retry after the Retry-After delay"
-RETRY_AFTER_S = 10
 READERS = (Role.radiologist, Role.admin, Role.service)
 REQUESTERS = (Role.radiologist, Role.service)
 RADIOLOGISTS = (Role.radiologist,)

@@ -16,7 +16,6 @@ import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
 from sqlalchemy.exc import OperationalError
@@ -33,10 +32,10 @@ from services.common.queue import DEAD_LETTER_KEY, STAGE_QUEUES, redis_client
 from services.common.redrive import redrive_lost
 from services.common.settings import get_common_settings
 from services.common.store import Store
-from services.gateway.actions import RETRY_AFTER_S
 from services.gateway.body_limits import BodyLimits
 from services.gateway.deps import Services
 from services.gateway.grpc_api import start_grpc
+from services.gateway.openapi import error_answer
 from services.gateway.routes import health, reports, review
 from services.gateway.settings import get_gateway_settings
 
@@ -121,14 +120,11 @@ def create_app() -> FastAPI:
             response = await call_next(request)
         except OperationalError:  # the store (PostgreSQL) is away: retry, nothing was done
             log.warning("the store is unavailable; answering 503", exc_info=True)
-            response = JSONResponse({"detail": "the report store is unavailable; retry after "
-                                               "the Retry-After delay",
-                                     "reason": "store_unavailable"}, status_code=503,
-                                    headers={"Retry-After": str(RETRY_AFTER_S)})
+            response = error_answer(503, "the report store is unavailable; retry after the "
+                                         "Retry-After delay", "store_unavailable")
         except Exception:  # counted like any answer; the body names nothing internal
             log.exception("unhandled error answering %s", request.method)
-            response = JSONResponse({"detail": "internal server error", "reason": "internal"},
-                                    status_code=500)
+            response = error_answer(500, "internal server error", "internal")
         template = route_template(app, request.scope)  # templates only: no ids in labels
         HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - start)
         HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()

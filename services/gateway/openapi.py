@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
 from services.common.schemas import ErrorBody
+
+RETRY_AFTER_S = 10  # what a 503 asks the client to wait
 
 DESCRIPTIONS = {
     401: "No valid bearer token or API key",
@@ -21,6 +25,13 @@ DESCRIPTIONS = {
 }
 AUTHENTICATED = (401, 403, 422, 500, 503)
 WITH_BODY = (408, 413)
+
+
+def error_answer(status: int, detail: str, reason: str) -> JSONResponse:
+    """An error answer as documented (ErrorBody); a 503 says when to retry."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"detail": detail, "reason": reason}, status_code=status,
+                        headers=headers)
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

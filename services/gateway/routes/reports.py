@@ -29,7 +29,7 @@ from services.common.store import Report
 from services.gateway import actions
 from services.gateway.deps import ClientDep, Readers, Requesters, Services, ServicesDep
 from services.gateway.ingest import IngestError, check_size
-from services.gateway.openapi import AUTHENTICATED, error_responses, inline_defs
+from services.gateway.openapi import AUTHENTICATED, error_answer, error_responses, inline_defs
 from services.gateway.views import report_url, to_public, to_summary
 from services.grounding.render import grounding_maps, overlay
 
@@ -93,9 +93,7 @@ async def _parse_generate(request: Request, services: Services,
 
 
 def _refusal(err: IngestError) -> JSONResponse:
-    headers = {"Retry-After": str(actions.RETRY_AFTER_S)} if err.status == 503 else None
-    return JSONResponse({"detail": str(err), "reason": err.reason}, status_code=err.status,
-                        headers=headers)
+    return error_answer(err.status, str(err), err.reason)
 
 
 def _answer(report: Report) -> JSONResponse:
