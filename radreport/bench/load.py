@@ -23,6 +23,7 @@ from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 from radreport.stack import LocalStack, StackConfig
 from services.common.queue import STAGE_QUEUES
+from services.common.schemas import ReportStatus
 from services.common.store import Report, Store
 
 NOMINAL_PER_S = 1 / 8
@@ -71,7 +72,7 @@ def wait_finished(store: Store, report_ids: list[str], timeout_s: float,
     while True:
         reports = {i: store.get(i) for i in report_ids}
         if time.monotonic() >= deadline or all(
-                r is not None and r.status in ("completed", "failed") for r in reports.values()):
+                r is not None and ReportStatus(r.status).finished for r in reports.values()):
             return reports
         time.sleep(0.5)
 
@@ -110,12 +111,11 @@ def run_load(stack: LocalStack, studies: list[Path], rate_per_s: float, seconds:
             time.sleep(max(0.0, start + result.sent / rate_per_s - time.monotonic()))
     result.seconds = time.monotonic() - start
     store = Store(f"sqlite:///{config.data_dir / 'radreport.db'}")
-    wait_finished(store, report_ids, 300)
+    reports = wait_finished(store, report_ids, 300)
     stop.set()
     end = {name: rss_mb(pid) for name, pid in stack.pids().items()}
     result.rss_mb = {name: (warm.get(name, end[name]), end[name]) for name in end}
-    for report_id in report_ids:
-        report = store.get(report_id)
+    for report_id, report in reports.items():
         history = [c.status for c in store.history(report_id)]
         if report is not None and report.status == "completed" and history.count(
                 "completed") == 1:

@@ -116,6 +116,11 @@ class AuditEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+def _study_key(study_id: str, model_version: str) -> str:
+    """The idempotency key: one current report per study and model version."""
+    return f"{study_id}|{model_version}"
+
+
 def _rowcount(result: Any) -> int:
     """Rows an UPDATE matched (a CursorResult's count; typed loosely by SQLAlchemy)."""
     return int(result.rowcount)
@@ -193,7 +198,7 @@ class Store:
 
         A new report may be given its id and source, so that a row never exists without the
         input it names (the caller writes the input under that id first)."""
-        key = f"{study_id}|{model_version}"
+        key = _study_key(study_id, model_version)
         for _ in range(3):  # a concurrent create of the same study wins; we then read it
             try:
                 with self.session() as session:
@@ -221,7 +226,7 @@ class Store:
         """The study's current report for this model, if it has one."""
         with self.session() as session:
             return session.scalars(select(Report).where(
-                Report.idempotency_key == f"{study_id}|{model_version}")).first()
+                Report.idempotency_key == _study_key(study_id, model_version))).first()
 
     def get(self, report_id: str) -> Report | None:
         with self.session() as session:
