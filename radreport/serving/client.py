@@ -36,6 +36,23 @@ TRANSIENT = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"
                        "StatusCode.DEADLINE_EXCEEDED"})
 
 
+def channel_args() -> list[tuple[str, int]]:
+    """tritonclient's own channel options, plus a reconnect backoff capped at 1 s: gRPC's
+    default grows to 120 s, so a restarted Triton went unnoticed (readiness, requests) for
+    as long as it had been away."""
+    keepalive = grpcclient.KeepAliveOptions()
+    return [("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls",
+             int(keepalive.keepalive_permit_without_calls)),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
 class TritonUnavailableError(RuntimeError):
     """Triton is unreachable or the model is not ready, after every retry."""
 
@@ -53,7 +70,7 @@ class ReportClient:
     backoff_s: float = 0.5  # first wait; doubles each retry
 
     def __post_init__(self) -> None:
-        self._client = grpcclient.InferenceServerClient(self.url)
+        self._client = grpcclient.InferenceServerClient(self.url, channel_args=channel_args())
 
     def ready(self) -> bool:
         """Whether the server is live and the model loaded (for readiness probes)."""

@@ -350,5 +350,8 @@ def test_triton_killed_and_restarted_loses_nothing(api: httpx.Client, stack: Loc
     for report_id, report in reports.items():
         assert report is not None and report.status == "completed", report_id
         assert [c.status for c in store.history(report_id)].count("completed") == 1
+    deadline = time.monotonic() + 10  # the gateway's own channel reconnects within ~1 s
+    while api.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert api.get("/readyz").status_code == 200
     assert redis.Redis.from_url(stack.config.redis_url).llen(DEAD_LETTER_KEY) == 0
