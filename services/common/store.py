@@ -355,7 +355,8 @@ class Store:
             report = session.get(Report, report_id, with_for_update=True)
             if report is not None:
                 report.timings = {**(report.timings or {}), stage: round(milliseconds, 1)}
-                report.updated_at = utcnow()
+                if report.status not in FINISHED:  # progress, for the re-driver's idle clock;
+                    report.updated_at = utcnow()  # products drawn after completion are not
 
     def history(self, report_id: str) -> list[StatusChange]:
         with self.session() as session:
