@@ -590,6 +590,34 @@ def bench_stack(
         typer.echo(line)
 
 
+@bench_app.command("compose")
+def bench_compose(
+    state: Annotated[Path, typer.Option(help="Folder for the stack's secrets.")
+                     ] = Path("var/containers/compose"),
+    timeout: Annotated[float, typer.Option(min=60, help="Seconds allowed to become healthy.")
+                       ] = 900,
+    keep: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
+) -> None:
+    """docker-compose.yml under podman-compose: healthy, smoke test, restart, persistence."""
+    from radreport.bench.compose import run
+
+    for line in run(state, timeout, keep):
+        typer.echo(line)
+
+
+@bench_app.command("kube")
+def bench_kube(
+    timeout: Annotated[float, typer.Option(min=60, help="Seconds allowed to become ready.")
+                       ] = 900,
+    keep: Annotated[bool, typer.Option(help="Leave the pods running afterwards.")] = False,
+) -> None:
+    """The Helm chart (CPU values) played by podman: readiness, smoke test, persistence."""
+    from radreport.bench.kube import run
+
+    for line in run(timeout, keep):
+        typer.echo(line)
+
+
 @bench_app.command("chaos")
 def bench_chaos(
     fuzz_cases: Annotated[int, typer.Option(min=1, help="Mutated DICOM instances (R3).")

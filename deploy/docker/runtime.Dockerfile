@@ -10,22 +10,32 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# pip trusts the system store: a build behind a TLS-inspecting proxy mounts its CA bundle there
+# (deploy/containers/build.sh --trust-store); nothing of it stays in the image.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     PYTHONDONTWRITEBYTECODE=1
-# A virtualenv without pip: the base image's pip installs into it (--python), so the final
-# image carries no package installer of its own.
-RUN python -m venv --without-pip /opt/venv
 WORKDIR /src
+# Dependencies first, from the hashed lock files (deploy/requirements/lock.sh), so a change to
+# the code alone reuses this layer. /opt/venv becomes the image's; /opt/grpc-build only runs
+# grpcio-tools below and is left behind with this stage.
+COPY deploy/requirements/runtime.txt deploy/requirements/grpc-build.txt deploy/requirements/
+RUN python -m venv /opt/venv \
+ && python -m venv /opt/grpc-build \
+ && /opt/venv/bin/python -m pip install --require-hashes -r deploy/requirements/runtime.txt \
+ && /opt/grpc-build/bin/python -m pip install --require-hashes -r deploy/requirements/grpc-build.txt
 COPY pyproject.toml README.md ./
 COPY radreport ./radreport
 COPY services ./services
 COPY proto ./proto
-# The gRPC stubs are generated here (grpcio-tools only in this stage), then packaged.
-RUN python -m pip install "grpcio-tools>=1.66" && python -m radreport.proto_build
-# `.` alone: the base dependencies. Fails the build if PyTorch came in anyway.
-RUN python -m pip --python /opt/venv/bin/python install . \
- && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+RUN /opt/grpc-build/bin/python -m radreport.proto_build
+# The project without dependencies (all locked above; `pip check` proves the lock complete).
+# Fails the build if PyTorch came in anyway. The image keeps no package installer.
+RUN /opt/venv/bin/python -m pip install --no-deps . \
+ && /opt/venv/bin/python -m pip check \
+ && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
+ && /opt/venv/bin/python -m pip uninstall -y setuptools pip
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="radreport" \

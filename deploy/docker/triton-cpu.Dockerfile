@@ -2,15 +2,17 @@
 # Our CPU Triton image (the `cpu` profile of docker-compose.yml, helm/radreport/ci/cpu-values.yaml):
 # the real tritonserver 2.51 with its Python backend, extracted from the PyPI wheel
 # nvidia-pytriton 0.7.0 by deploy/triton/install_cpu_server.sh, the backend's own Python
-# environment (numpy<2, see deploy/triton/README.md) with the radreport package in it, and
+# environment (numpy<2, see deploy/triton/README.md; installed from its hashed lock) with the radreport package in it, and
 # model_repository/ at /models.
 #   docker build -f deploy/docker/triton-cpu.Dockerfile -t radreport-triton-cpu:0.1.0 .
 # GPU deployments use NVIDIA's nvcr.io/nvidia/tritonserver image instead.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# pip trusts the system store, where a build behind a TLS-inspecting proxy mounts its CA bundle.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY deploy/triton/install_cpu_server.sh deploy/triton/requirements-cpu.txt deploy/triton/
@@ -23,7 +25,7 @@ COPY services ./services
 # the runtime dependencies would bring NumPy 2, which the backend stub misreads.
 RUN /opt/tritonserver/env/bin/python -m pip install --no-deps . \
  && /opt/tritonserver/env/bin/python -c "import numpy, radreport.model.report; assert int(numpy.__version__.split('.')[0]) < 2" \
- && /opt/tritonserver/env/bin/python -m pip uninstall -y pip
+ && /opt/tritonserver/env/bin/python -m pip uninstall -y setuptools pip
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="radreport-triton-cpu" \

@@ -35,11 +35,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# Every package from the hashed lock (deploy/requirements/lock.sh), then the project itself and
+# PyTorch, which is pinned by version only (the train extra; its CPU build on our machines).
+stamp="$VENV/.installed-$(cat pyproject.toml deploy/requirements/dev.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing Python packages into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q --require-hashes -r deploy/requirements/dev.txt
   "$VENV/bin/python" -m pip install -q -e '.[dev,train]'
+  "$VENV/bin/python" -m pip check
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi

@@ -89,7 +89,10 @@ def hadolint() -> str:
     return str(binary)
 
 
-@pytest.mark.parametrize("dockerfile", [RUNTIME, TRITON_CPU], ids=lambda p: p.name)
+STAND_INS = sorted((ROOT / "deploy" / "containers").glob("*.Containerfile"))
+
+
+@pytest.mark.parametrize("dockerfile", [RUNTIME, TRITON_CPU, *STAND_INS], ids=lambda p: p.name)
 def test_hadolint(dockerfile: Path) -> None:
     result = subprocess.run([hadolint(), "--no-color", "--failure-threshold", "info",
                              str(dockerfile)], capture_output=True, text=True, timeout=60)
@@ -114,13 +117,17 @@ def test_final_stage_runs_as_non_root_with_a_healthcheck(dockerfile: Path) -> No
 def test_runtime_image_installs_the_base_dependencies_only() -> None:
     _, stages = parse(RUNTIME)
     build, final = stages
-    installs = [run for run in build.all("RUN") if "/opt/venv" in run and " install " in run]
-    assert len(installs) == 1 and re.search(r"\binstall \.\s", installs[0] + " "), installs
-    assert "find_spec('torch')" in installs[0], "the build no longer refuses PyTorch"
-    # the gRPC stubs are generated in the build stage, by grpcio-tools outside the venv
     runs = build.all("RUN")
+    installs = [run for run in runs if "/opt/venv/bin/python -m pip install" in run]
+    # the locked base dependencies, then the project alone; nothing else enters /opt/venv
+    assert len(installs) == 2, installs
+    assert "--require-hashes -r deploy/requirements/runtime.txt" in installs[0]
+    assert re.search(r"\binstall --no-deps \.\s", installs[1] + " "), installs[1]
+    assert "pip check" in installs[1] and "uninstall -y setuptools pip" in installs[1]
+    assert "find_spec('torch')" in installs[1], "the build no longer refuses PyTorch"
+    # the gRPC stubs are generated in the build stage, by grpcio-tools outside the venv
     generate = next(i for i, run in enumerate(runs) if "radreport.proto_build" in run)
-    assert generate < runs.index(installs[0]) and "/opt/venv" not in runs[generate]
+    assert generate < runs.index(installs[1]) and "/opt/venv" not in runs[generate]
     for stage in stages:
         for keyword, args in stage.instructions:
             assert not DEV_TOOLS.search(args), f"{keyword} {args}"

@@ -1,0 +1,186 @@
+"""``radreport bench kube``: the Helm chart, rendered with its CPU values, run by podman.
+
+The chart is rendered by Helm's own engine (helm-python-sdk) with helm/radreport/ci/cpu-values.yaml
+and the locally built images, made playable (radreport.bench.kube_manifests) and played with
+``podman kube play`` on a network of its own. podman runs no readiness probes, so this plays the
+kubelet's part: every container's readinessProbe (httpGet and tcpSocket against the pod's address,
+exec inside the container) must pass. Then the smoke test runs against the pods' addresses, the
+pods are taken down and played again, and the signed report must still be there.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from radreport import __version__
+from radreport.bench.kube_manifests import Doc, Playable, playable
+from radreport.bench.podman import ROOT, logs_tail, podman, podman_env
+from radreport.bench.smoke import Endpoints, run_smoke, signed_report
+
+CHART = ROOT / "helm" / "radreport"
+RELEASE, NETWORK = "rr", "radreport-kube"
+LOCAL_IMAGES = {
+    "image": {"repository": "localhost/radreport", "tag": __version__},
+    "triton": {"image": {"repository": "localhost/radreport-triton-cpu", "tag": __version__}},
+    "redis": {"image": {"repository": "localhost/radreport-redis", "tag": "bookworm"}},
+    "postgresql": {"image": {"repository": "localhost/radreport-postgres", "tag": "bookworm"}},
+}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = (_merge(out[key], value) if isinstance(value, dict)
+                    and isinstance(out.get(key), dict) else value)
+    return out
+
+
+def render() -> list[Doc]:
+    import helm_python
+
+    values = _merge(yaml.safe_load((CHART / "ci" / "cpu-values.yaml").read_text()), LOCAL_IMAGES)
+    with helm_python.Chart.load(str(CHART)) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace="radiology")
+    return [doc for path, text in sorted(manifests.items()) if path.endswith(".yaml")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+def _container_name(pod: str, container: str) -> str:
+    return f"{pod}-{container}"  # podman's name for a container of a played Pod
+
+
+def pod_address(pod: str) -> str:
+    infra = json.loads(podman("pod", "inspect", pod))
+    infra = infra[0] if isinstance(infra, list) else infra
+    networks = json.loads(podman("inspect", infra["InfraContainerID"]))[0][
+        "NetworkSettings"]["Networks"]
+    return str(networks[NETWORK]["IPAddress"])
+
+
+def _probe(pod: str, container: Doc, address: str) -> bool:
+    """One readiness probe, as the kubelet runs it; True without a probe once running."""
+    probe = container.get("readinessProbe")
+    name = _container_name(pod, container["name"])
+    state = podman("inspect", "--format", "{{.State.Status}}", name, check=False).strip()
+    if state != "running":
+        return False
+    if not probe:
+        return True
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    timeout = probe.get("timeoutSeconds", 1)
+    if "httpGet" in probe:
+        get = probe["httpGet"]
+        url = f"http://{address}:{ports.get(get['port'], get['port'])}{get.get('path', '/')}"
+        try:
+            return 200 <= httpx.get(url, timeout=timeout).status_code < 400
+        except httpx.HTTPError:
+            return False
+    if "tcpSocket" in probe:
+        port = probe["tcpSocket"]["port"]
+        try:
+            socket.create_connection((address, int(ports.get(port, port))), timeout).close()
+            return True
+        except OSError:
+            return False
+    command = probe["exec"]["command"]
+    return subprocess.run(["podman", "exec", name, *command], capture_output=True,
+                          env=podman_env(), timeout=timeout + 30).returncode == 0
+
+
+def wait_ready(plan: Playable, timeout_s: float) -> float:
+    start = time.monotonic()
+    while True:
+        waiting = []
+        for pod, manifest in plan.pods.items():
+            try:
+                address = pod_address(pod)
+            except (RuntimeError, KeyError):
+                waiting.append(pod)
+                continue
+            if not all(_probe(pod, c, address) for c in manifest["spec"]["containers"]):
+                waiting.append(pod)
+        if not waiting:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            tails = "\n".join(f"--- {p}\n{logs_tail(_container_name(p, c['name']))}"
+                              for p in waiting[:3] for c in plan.pods[p]["spec"]["containers"])
+            raise RuntimeError(f"not ready after {timeout_s:.0f} s: {waiting}\n{tails}")
+        time.sleep(3)
+
+
+class KubeStack:
+    def __init__(self, plan: Playable, folder: Path) -> None:
+        self.plan, self.file = plan, folder / "manifests.yaml"
+        self.file.write_text(yaml.safe_dump_all(plan.manifests))
+
+    def create(self) -> None:
+        if subprocess.run(["podman", "network", "exists", NETWORK], env=podman_env()).returncode:
+            podman("network", "create", NETWORK)
+        for name, data in self.plan.secrets.items():
+            podman("secret", "rm", name, check=False)
+            subprocess.run(["podman", "secret", "create", name, "-"], input=json.dumps(data),
+                           text=True, check=True, capture_output=True, env=podman_env())
+
+    def play(self, timeout_s: float) -> float:
+        """Seconds from `kube play` until every pod is ready."""
+        start = time.monotonic()
+        podman("kube", "play", "--network", NETWORK, str(self.file))
+        wait_ready(self.plan, timeout_s - (time.monotonic() - start))
+        return time.monotonic() - start
+
+    def down(self) -> None:
+        podman("kube", "down", str(self.file), check=False)
+
+    def destroy(self) -> None:
+        self.down()
+        for manifest in self.plan.manifests:
+            if manifest["kind"] == "PersistentVolumeClaim":
+                podman("volume", "rm", "-f", manifest["metadata"]["name"], check=False)
+        for name in self.plan.secrets:
+            podman("secret", "rm", name, check=False)
+        podman("network", "rm", "-f", NETWORK, check=False)
+
+    def endpoints(self) -> Endpoints:
+        gateway = pod_address(f"{RELEASE}-radreport-gateway")
+        dicom = pod_address(f"{RELEASE}-radreport-dicom")
+        return Endpoints(f"http://{gateway}:8080", dicom, 11112, prometheus_url=None)
+
+    def token(self, role: str) -> str:
+        gateway = _container_name(f"{RELEASE}-radreport-gateway", "gateway")
+        return podman("exec", gateway, "radreport", "token", "--role", role, "--ttl",
+                      "3600").strip()
+
+
+def run(timeout_s: float = 900, keep: bool = False) -> Iterator[str]:
+    plan = playable(render())
+    yield ("kube: played " + ", ".join(f"{p}" for p in sorted(plan.pods)) + "; not exercised: "
+           + "; ".join(f"{k} ({len(v)})" for k, v in sorted(plan.not_exercised.items())))
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = KubeStack(plan, Path(tmp))
+        stack.destroy()
+        stack.create()
+        try:
+            ready_s = stack.play(timeout_s)
+            yield f"kube: {len(plan.pods)} pods ready (readiness probes passing) in {ready_s:.0f} s"
+            smoke = run_smoke(stack.endpoints(), stack.token)
+            yield (f"smoke: REST study reported in {smoke.rest_seconds:.1f} s, DICOM study in "
+                   f"{smoke.dicom_seconds:.1f} s; grounded sentences {smoke.grounded_sentences}; "
+                   "one report signed")
+            stack.down()
+            again_s = stack.play(timeout_s)
+            signed_by = signed_report(stack.endpoints(), stack.token, smoke.signed_report_id)
+            yield (f"kube: taken down and played again, ready in {again_s:.0f} s; the signed "
+                   f"report is still signed (by {signed_by})")
+        finally:
+            if not keep:
+                stack.destroy()
