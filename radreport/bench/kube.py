@@ -11,7 +11,10 @@ pods are taken down and played again, and the signed report must still be there.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -133,6 +136,11 @@ class KubeStack:
 
     def play(self, timeout_s: float) -> float:
         """Seconds from `kube play` until every pod is ready."""
+        for folder, group in self.plan.empty_dirs.items():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            os.chown(folder, 0, group if group is not None else 0)
+            folder.chmod(0o777 | (stat.S_ISGID if group is not None else 0))
         start = time.monotonic()
         podman("kube", "play", "--network", NETWORK, str(self.file))
         wait_ready(self.plan, timeout_s - (time.monotonic() - start))
@@ -149,6 +157,8 @@ class KubeStack:
         for name in self.plan.secrets:
             podman("secret", "rm", name, check=False)
         podman("network", "rm", "-f", NETWORK, check=False)
+        for folder in {f.parent.parent for f in self.plan.empty_dirs}:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def endpoints(self) -> Endpoints:
         gateway = pod_address(f"{RELEASE}-radreport-gateway")
@@ -162,12 +172,14 @@ class KubeStack:
 
 
 def run(timeout_s: float = 900, keep: bool = False) -> Iterator[str]:
-    plan = playable(render())
+    scratch = Path(tempfile.mkdtemp(prefix="radreport-kube-"))
+    plan = playable(render(), scratch)
     yield ("kube: played " + ", ".join(f"{p}" for p in sorted(plan.pods)) + "; not exercised: "
            + "; ".join(f"{k} ({len(v)})" for k, v in sorted(plan.not_exercised.items())))
     with tempfile.TemporaryDirectory() as tmp:
         stack = KubeStack(plan, Path(tmp))
         stack.destroy()
+        scratch.mkdir(exist_ok=True)
         stack.create()
         try:
             ready_s = stack.play(timeout_s)

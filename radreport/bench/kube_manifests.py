@@ -7,10 +7,15 @@ done here, each step as the control plane or the kubelet would do it:
   through podman's DNS; a Service whose port is not its pod's port cannot be emulated that
   way and is refused;
 - a StatefulSet's volumeClaimTemplates become PersistentVolumeClaims (`data-NAME-0`);
+- an emptyDir becomes a fresh host folder, world-writable and owned by the pod's fsGroup, as
+  the kubelet makes it (podman's own is root's and 0755; memory-backed ones under /dev/shm);
 - a Secret becomes a podman secret in the form podman's secretKeyRef reads (a JSON map of
   base64 values);
 - `$(VAR)` in command and args is expanded from the container's environment;
-- the pod's runAsUser/runAsGroup apply to each container that sets none.
+- the pod's runAsUser/runAsGroup apply to each container that sets none;
+- containerPorts are left out of what podman plays: podman 4.3 would publish each on the
+  host (where they collide with the machine's own PostgreSQL and Redis); clients use the pods'
+  addresses, as they would inside a cluster.
 Everything else is listed as not exercised.
 """
 
@@ -20,6 +25,7 @@ import base64
 import copy
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 PLAYED = {"ConfigMap", "PersistentVolumeClaim"}
@@ -32,6 +38,8 @@ class Playable:
     manifests: list[Doc] = field(default_factory=list)  # what `podman kube play` gets
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> key -> base64
     pods: dict[str, Doc] = field(default_factory=dict)  # pod name -> pod spec
+    # emptyDir folders to make before each play: path -> the pod's fsGroup (or None)
+    empty_dirs: dict[Path, int | None] = field(default_factory=dict)
     not_exercised: dict[str, list[str]] = field(default_factory=dict)  # kind -> names
 
 
@@ -76,12 +84,30 @@ def _expand(words: list[str] | None, env: dict[str, str]) -> list[str] | None:
     return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), w) for w in words]
 
 
+def _empty_dirs(name: str, spec: Doc, scratch: Path) -> dict[Path, int | None]:
+    """Each emptyDir as a hostPath folder the caller makes world-writable and owned by the
+    pod's fsGroup, as the kubelet makes an emptyDir (podman's is root's, 0755)."""
+    made: dict[Path, int | None] = {}
+    for volume in spec.get("volumes", []):
+        if "emptyDir" not in volume:
+            continue
+        memory = (volume["emptyDir"] or {}).get("medium") == "Memory"
+        folder = (Path("/dev/shm") / scratch.name if memory else scratch) / name / volume["name"]
+        made[folder] = (spec.get("securityContext") or {}).get("fsGroup")
+        volume.pop("emptyDir")
+        volume["hostPath"] = {"path": str(folder), "type": "Directory"}
+    return made
+
+
 def _pod(workload: Doc, secrets: dict[str, dict[str, str]],
-         config_maps: dict[str, dict[str, str]]) -> tuple[Doc, list[Doc]]:
-    """The workload's pod template as a Pod named after it, and the claims it needs."""
+         config_maps: dict[str, dict[str, str]], scratch: Path,
+         ) -> tuple[Doc, list[Doc], dict[Path, int | None]]:
+    """The workload's pod template as a Pod named after it, the claims and the emptyDir
+    folders it needs."""
     name = workload["metadata"]["name"]
     template = copy.deepcopy(workload["spec"]["template"])
     spec = template["spec"]
+    empty_dirs = _empty_dirs(name, spec, scratch)
     claims = []
     for claim in workload["spec"].get("volumeClaimTemplates") or []:
         claim_name = f"{claim['metadata']['name']}-{name}-0"
@@ -103,7 +129,16 @@ def _pod(workload: Doc, secrets: dict[str, dict[str, str]],
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "labels": template["metadata"].get("labels", {})},
            "spec": spec}
-    return pod, claims
+    return pod, claims, empty_dirs
+
+
+def _unpublished(pod: Doc) -> Doc:
+    """The pod without containerPorts, which podman 4.3 publishes on the host (in Kubernetes
+    they are informational: a container listens on its ports regardless)."""
+    played = copy.deepcopy(pod)
+    for container in played["spec"].get("initContainers", []) + played["spec"]["containers"]:
+        container.pop("ports", None)
+    return played
 
 
 def _check_services(docs: list[Doc], pods: dict[str, Doc]) -> None:
@@ -124,7 +159,8 @@ def _check_services(docs: list[Doc], pods: dict[str, Doc]) -> None:
                                  "from the pod's port; podman cannot play that")
 
 
-def playable(docs: list[Doc]) -> Playable:
+def playable(docs: list[Doc], scratch: Path) -> Playable:
+    """What ``podman kube play`` can run; emptyDir folders go under ``scratch``."""
     result = Playable(secrets=_secret_values(docs))
     config_maps = _config_maps(docs)
     for doc in docs:
@@ -132,9 +168,10 @@ def playable(docs: list[Doc]) -> Playable:
         if kind in PLAYED:
             result.manifests.append(doc)
         elif kind in WORKLOADS:
-            pod, claims = _pod(doc, result.secrets, config_maps)
-            result.manifests += [*claims, pod]
+            pod, claims, empty_dirs = _pod(doc, result.secrets, config_maps, scratch)
+            result.manifests += [*claims, _unpublished(pod)]
             result.pods[name] = pod
+            result.empty_dirs.update(empty_dirs)
         elif kind not in {"Secret", "Service"}:
             result.not_exercised.setdefault(kind, []).append(name)
     _check_services(docs, result.pods)

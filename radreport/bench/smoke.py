@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from pydicom.uid import ExplicitVRLittleEndian
 
 from radreport.data.phantoms import generate_study
-from radreport.data.phantoms.dicom import write_study_dicom
+from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "deploy" / "observability" / "grafana" / "dashboards"
@@ -79,9 +80,12 @@ def run_smoke(endpoints: Endpoints, token: Callable[[str], str], seed: int = 7,
               timeout_s: float = 300) -> SmokeResult:
     """The whole smoke test; raises AssertionError on the first thing that does not hold."""
     result = SmokeResult()
+    # A machine client sees only the reports it asked for; the radiologist sees every report.
     with tempfile.TemporaryDirectory() as tmp, httpx.Client(
             base_url=endpoints.gateway_url, timeout=timeout_s,
-            headers={"Authorization": f"Bearer {token('service')}"}) as api:
+            headers={"Authorization": f"Bearer {token('service')}"}) as api, httpx.Client(
+            base_url=endpoints.gateway_url, timeout=timeout_s,
+            headers={"Authorization": f"Bearer {token('radiologist')}"}) as reviewer:
         rest_study = write_study_dicom(generate_study(seed, 1024), Path(tmp) / "rest")
         start = time.monotonic()
         answer = api.post("/api/v1/reports/generate", data={"study_id": f"SMOKE-REST-{seed}"},
@@ -92,20 +96,22 @@ def run_smoke(endpoints: Endpoints, token: Callable[[str], str], seed: int = 7,
         report = answer.json()
         result.grounded_sentences["rest"] = _grounded(api, report["report_id"])
 
-        dicom_study = write_study_dicom(generate_study(seed + 1, 1024), Path(tmp) / "dicom")
+        # Explicit VR Little Endian: what storescu proposes unless told otherwise.
+        dicom_study = write_study_dicom(generate_study(seed + 1, 1024), Path(tmp) / "dicom",
+                                        DicomOptions("DX", "MONOCHROME2", 12,
+                                                     str(ExplicitVRLittleEndian)))
         study_uid = _study_uid(dicom_study)
         start = time.monotonic()
         subprocess.run(["storescu", "-aec", endpoints.ae_title, endpoints.dicom_host,
                         str(endpoints.dicom_port), str(dicom_study)], check=True,
                        capture_output=True, timeout=120)
-        summary = _wait_completed(api, study_uid, timeout_s)
+        summary = _wait_completed(reviewer, study_uid, timeout_s)
         result.dicom_seconds = time.monotonic() - start
-        result.grounded_sentences["dicom"] = _grounded(api, summary["report_id"])
+        result.grounded_sentences["dicom"] = _grounded(reviewer, summary["report_id"])
 
-        signed = api.post(f"/api/v1/reports/{report['report_id']}/sign",
-                          headers={"Authorization": f"Bearer {token('radiologist')}"},
-                          json={"findings": report["findings"],
-                                "impression": report["impression"]})
+        signed = reviewer.post(f"/api/v1/reports/{report['report_id']}/sign",
+                               json={"findings": report["findings"],
+                                     "impression": report["impression"]})
         if signed.status_code != 200 or signed.json()["review_status"] != "signed":
             raise AssertionError(f"sign: {signed.status_code} {signed.text[:500]}")
         result.signed_report_id = report["report_id"]

@@ -134,10 +134,15 @@ class StorageSCP:
             event.assoc.kill()
 
     def associations_from(self, address: str, this: Any) -> int:
-        """Associations the host at ``address`` holds now, besides ``this`` one."""
+        """Associations the host at ``address`` holds now, besides ``this`` one.
+
+        Only established ones count: a TCP health probe (a kubelet's, a load balancer's)
+        connects and closes without associating, yet its thread lives on until the ACSE
+        timeout; counted, a few probes would lock out every modality behind the same address.
+        """
         held = self.server.active_associations if self.server is not None else []
         return sum(1 for a in held if a is not this and a.requestor.address == address
-                   and a.is_alive())
+                   and a.is_alive() and a.is_established)
 
     def handle_store(self, event: evt.Event) -> int:
         limit = self.settings.max_instance_bytes

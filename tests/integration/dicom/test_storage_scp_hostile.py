@@ -6,6 +6,7 @@ status, leaves no file behind, and writes nothing identifying to the log."""
 from __future__ import annotations
 
 import io
+import socket
 import time
 import zlib
 from collections.abc import Iterator
@@ -182,6 +183,30 @@ def test_a_peer_hoarding_idle_associations_cannot_starve_another(tmp_path: Path)
             again = associate("127.0.0.1")
         assert again.is_established  # their slots are free again
         again.release()
+    finally:
+        scp.stop()
+
+
+def test_health_probes_that_connect_and_close_take_no_slot(tmp_path: Path) -> None:
+    """A tcpSocket probe connects and closes without associating; its thread waits out the
+    ACSE timeout. Found by the Helm chart under podman: the probes, from the node's address,
+    locked that address out until then."""
+    store = Store(f"sqlite:///{tmp_path / 'reports.db'}")
+    store.migrate()
+    scp = StorageSCP(DicomSettings(port=free_port(), max_associations=20,
+                                   max_associations_per_peer=2, acse_timeout_s=30),
+                     store, tmp_path / "instances")
+    scp.start()
+    try:
+        for _ in range(5):
+            socket.create_connection(("127.0.0.1", scp.settings.port), timeout=2).close()
+        time.sleep(0.5)
+        ae = AE(ae_title="MODALITY1")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title="RADREPORT")
+        assert assoc.is_established
+        assert int(assoc.send_c_echo().Status) == 0x0000
+        assoc.release()
     finally:
         scp.stop()
 
