@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= var/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint unit integration clean
+.PHONY: setup demo test lint unit integration containers clean
 
 setup:
 	@bash deploy/local/bootstrap.sh
@@ -18,6 +18,11 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check radreport services tests model_repository
 	$(VENV)/bin/mypy
+
+# Every image built from cold with podman, docker-compose.yml and the Helm chart run with a
+# smoke test (root; CI runs it as its own step, not in `make test`).
+containers: setup
+	@RADREPORT_VENV=$(VENV) bash deploy/containers/check.sh
 
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -92,7 +92,10 @@ fi
 # docker format: OCI images cannot carry a HEALTHCHECK.
 project=(--format docker --network=host --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
 if [ "$PYTHON_IMAGE" = "$LOCAL_PYTHON" ]; then project+=(--pull=never); fi
-if ((COLD)); then project+=(--no-cache); fi
+if ((COLD)); then
+  project+=(--no-cache)
+  podman image prune -f >/dev/null  # earlier builds' untagged layers: a cold build needs none
+fi
 if [ "$TRUST_STORE" != "none" ]; then
   [ -f "$TRUST_STORE" ] || { echo "build.sh: no trust store at $TRUST_STORE" >&2; exit 1; }
   project+=(-v "$(readlink -f "$TRUST_STORE"):/etc/ssl/certs/ca-certificates.crt:ro")

@@ -124,7 +124,14 @@ def wait_ready(plan: Playable, timeout_s: float) -> float:
 class KubeStack:
     def __init__(self, plan: Playable, folder: Path) -> None:
         self.plan, self.file = plan, folder / "manifests.yaml"
-        self.file.write_text(yaml.safe_dump_all(plan.manifests))
+
+    def _write_manifests(self) -> None:
+        """The plan, less the claims whose volumes exist: a claim outlives its pods, and
+        podman refuses to make a volume twice."""
+        kept = [m for m in self.plan.manifests if m["kind"] != "PersistentVolumeClaim"
+                or subprocess.run(["podman", "volume", "exists", m["metadata"]["name"]],
+                                  env=podman_env()).returncode]
+        self.file.write_text(yaml.safe_dump_all(kept))
 
     def create(self) -> None:
         if subprocess.run(["podman", "network", "exists", NETWORK], env=podman_env()).returncode:
@@ -141,15 +148,20 @@ class KubeStack:
             folder.mkdir(parents=True)
             os.chown(folder, 0, group if group is not None else 0)
             folder.chmod(0o777 | (stat.S_ISGID if group is not None else 0))
+        self._write_manifests()
         start = time.monotonic()
         podman("kube", "play", "--network", NETWORK, str(self.file))
         wait_ready(self.plan, timeout_s - (time.monotonic() - start))
         return time.monotonic() - start
 
     def down(self) -> None:
-        podman("kube", "down", str(self.file), check=False)
+        if self.file.is_file():
+            podman("kube", "down", str(self.file), check=False)
 
     def destroy(self) -> None:
+        """Everything of the release gone, a crashed earlier run's too: pods, claims,
+        secrets, the network, the emptyDir folders."""
+        self.file.write_text(yaml.safe_dump_all(self.plan.manifests))
         self.down()
         for manifest in self.plan.manifests:
             if manifest["kind"] == "PersistentVolumeClaim":
@@ -187,7 +199,9 @@ def run(timeout_s: float = 900, keep: bool = False) -> Iterator[str]:
             smoke = run_smoke(stack.endpoints(), stack.token)
             yield (f"smoke: REST study reported in {smoke.rest_seconds:.1f} s, DICOM study in "
                    f"{smoke.dicom_seconds:.1f} s; grounded sentences {smoke.grounded_sentences}; "
-                   "one report signed")
+                   "one report signed; reached at the pods' addresses (the DICOM NodePort and "
+                   "Services' cluster IPs not exercised); no Prometheus (the chart's "
+                   "ServiceMonitor is for a cluster's operator)")
             stack.down()
             again_s = stack.play(timeout_s)
             signed_by = signed_report(stack.endpoints(), stack.token, smoke.signed_report_id)
