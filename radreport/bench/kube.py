@@ -100,6 +100,17 @@ def _probe(pod: str, container: Doc, address: str) -> bool:
                           env=podman_env(), timeout=timeout + 30).returncode == 0
 
 
+def security(plan: Playable) -> str:
+    """How the played containers run: their users, and read-only root file systems."""
+    names = [_container_name(pod, c["name"]) for pod, manifest in plan.pods.items()
+             for c in manifest["spec"]["containers"]]
+    found = json.loads(podman("inspect", *names))
+    users = sorted({item["Config"].get("User") or "root" for item in found})
+    read_only = sum(bool(item["HostConfig"].get("ReadonlyRootfs")) for item in found)
+    return (f"{len(found)} containers as users {', '.join(users)}; read-only root file system "
+            f"on {read_only} of {len(found)}")
+
+
 def wait_ready(plan: Playable, timeout_s: float) -> float:
     start = time.monotonic()
     while True:
@@ -196,6 +207,7 @@ def run(timeout_s: float = 900, keep: bool = False) -> Iterator[str]:
         try:
             ready_s = stack.play(timeout_s)
             yield f"kube: {len(plan.pods)} pods ready (readiness probes passing) in {ready_s:.0f} s"
+            yield f"kube: {security(plan)}"
             smoke = run_smoke(stack.endpoints(), stack.token)
             yield (f"smoke: REST study reported in {smoke.rest_seconds:.1f} s, DICOM study in "
                    f"{smoke.dicom_seconds:.1f} s; grounded sentences {smoke.grounded_sentences}; "

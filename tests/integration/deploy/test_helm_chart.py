@@ -614,3 +614,18 @@ def test_chart_files_are_copies_of_deploy_observability() -> None:
                        "  cp deploy/observability/prometheus/alerts.yml helm/radreport/files/\n"
                        "  cp deploy/observability/grafana/dashboards/*.json "
                        "helm/radreport/files/dashboards/\n" + "\n".join(stale))
+
+
+def test_the_cpu_values_are_playable_by_podman(tmp_path: Path) -> None:
+    """What `radreport bench kube` (make containers) plays: every workload as a pod named
+    after its Service, secrets expanded, and nothing but cluster-only kinds left out."""
+    from radreport.bench.kube import render
+    from radreport.bench.kube_manifests import playable
+
+    plan = playable(render(), tmp_path)
+    assert {p.removeprefix("rr-radreport-") for p in plan.pods} == {
+        "gateway", "dicom", "triton", "redis", "postgresql", "worker-preprocess",
+        "worker-inference", "worker-grounding", "worker-fhir"}
+    assert "$(" not in str(plan.pods["rr-radreport-redis"]["spec"]["containers"][0]["args"])
+    assert set(plan.not_exercised) <= {"NetworkPolicy", "HorizontalPodAutoscaler",
+                                       "ServiceAccount", "Service (no pod of that name)"}
