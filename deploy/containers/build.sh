@@ -94,7 +94,7 @@ project=(--format docker --network=host --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE"
 if [ "$PYTHON_IMAGE" = "$LOCAL_PYTHON" ]; then project+=(--pull=never); fi
 if ((COLD)); then
   project+=(--no-cache)
-  podman image prune -f >/dev/null  # earlier builds' untagged layers: a cold build needs none
+  podman image prune -f >/dev/null 2>&1 || true  # earlier builds' untagged layers: a cold build needs none
 fi
 if [ "$TRUST_STORE" != "none" ]; then
   [ -f "$TRUST_STORE" ] || { echo "build.sh: no trust store at $TRUST_STORE" >&2; exit 1; }

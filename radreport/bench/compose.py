@@ -97,11 +97,25 @@ def check_containers() -> list[str]:
             if c.user.split(":")[0] != "10001" or not c.read_only]
 
 
+def check_runtime_image() -> str:
+    """The runtime image holds no PyTorch, no compiler and no package installer."""
+    image = IMAGES["RADREPORT_IMAGE"]
+    found = podman("run", "--rm", "--entrypoint", "sh", image, "-c",
+                   "for tool in gcc cc c++ clang make pip pip3; do command -v $tool; done; "
+                   "python -c 'import importlib.util as u; print(u.find_spec(\"torch\") or \"\")'"
+                   ).split()
+    if found:
+        raise AssertionError(f"{image} carries {found}")
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", image))
+    return f"{image}: {size / 1e6:.0f} MB, no PyTorch, no compiler, no pip"
+
+
 def run(state: Path, timeout_s: float = 900, keep: bool = False) -> Iterator[str]:
     missing = [image for image in IMAGES.values()
                if subprocess.run(["podman", "image", "exists", image], env=podman_env()).returncode]
     if missing:
         raise RuntimeError(f"no image {', '.join(missing)}: run deploy/containers/build.sh")
+    yield f"image: {check_runtime_image()}"
     stack = ComposeStack(state)
     stack.make_secrets()
     stack.compose("down", "-v", timeout=300)
