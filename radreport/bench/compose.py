@@ -26,7 +26,7 @@ from radreport.bench.podman import (
     podman_env,
     wait_healthy,
 )
-from radreport.bench.smoke import Endpoints, SmokeResult, run_smoke, signed_report
+from radreport.bench.smoke import REST_REPEATS, Endpoints, SmokeResult, run_smoke, signed_report
 from radreport.serving.tritonserver import free_port
 
 PROJECT = "radreport-bench"
@@ -140,7 +140,8 @@ def run(state: Path, timeout_s: float = 900, keep: bool = False) -> Iterator[str
 
 
 def describe(smoke: SmokeResult) -> Iterator[str]:
-    yield (f"smoke: REST study reported in {smoke.rest_seconds:.1f} s, DICOM study (storescu) in "
+    yield (f"smoke: REST study reported in {smoke.rest_seconds:.1f} s (the next "
+           f"{REST_REPEATS}: p50 {smoke.rest_p50_seconds:.2f} s), DICOM study (storescu) in "
            f"{smoke.dicom_seconds:.1f} s (with the study-idle window); grounded sentences "
            f"{smoke.grounded_sentences}; one report signed")
     yield (f"smoke: Prometheus targets up: {len(smoke.targets_up)} "

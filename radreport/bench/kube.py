@@ -28,7 +28,7 @@ import yaml
 from radreport import __version__
 from radreport.bench.kube_manifests import Doc, Playable, playable
 from radreport.bench.podman import ROOT, logs_tail, podman, podman_env
-from radreport.bench.smoke import Endpoints, run_smoke, signed_report
+from radreport.bench.smoke import REST_REPEATS, Endpoints, run_smoke, signed_report
 
 CHART = ROOT / "helm" / "radreport"
 RELEASE, NETWORK = "rr", "radreport-kube"
@@ -209,7 +209,8 @@ def run(timeout_s: float = 900, keep: bool = False) -> Iterator[str]:
             yield f"kube: {len(plan.pods)} pods ready (readiness probes passing) in {ready_s:.0f} s"
             yield f"kube: {security(plan)}"
             smoke = run_smoke(stack.endpoints(), stack.token)
-            yield (f"smoke: REST study reported in {smoke.rest_seconds:.1f} s, DICOM study in "
+            yield (f"smoke: REST study reported in {smoke.rest_seconds:.1f} s (the next "
+                   f"{REST_REPEATS}: p50 {smoke.rest_p50_seconds:.2f} s), DICOM study in "
                    f"{smoke.dicom_seconds:.1f} s; grounded sentences {smoke.grounded_sentences}; "
                    "one report signed; reached at the pods' addresses (the DICOM NodePort and "
                    "Services' cluster IPs not exercised); no Prometheus (the chart's "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import subprocess
 import tempfile
 import time
@@ -26,6 +27,7 @@ from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "deploy" / "observability" / "grafana" / "dashboards"
 # Grafana's interval variables, as Grafana would expand them for a short range.
+REST_REPEATS = 5  # studies after the first, for a steady-state latency
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
 
 
@@ -40,7 +42,8 @@ class Endpoints:
 
 @dataclass
 class SmokeResult:
-    rest_seconds: float = 0.0
+    rest_seconds: float = 0.0  # the first study
+    rest_p50_seconds: float = 0.0  # the next ones, one at a time
     dicom_seconds: float = 0.0  # includes the DICOM gateway's study-idle window
     signed_report_id: str = ""
     grounded_sentences: dict[str, int] = field(default_factory=dict)  # path -> with boxes
@@ -95,6 +98,7 @@ def run_smoke(endpoints: Endpoints, token: Callable[[str], str], seed: int = 7,
             raise AssertionError(f"REST study: {answer.status_code} {answer.text[:500]}")
         report = answer.json()
         result.grounded_sentences["rest"] = _grounded(api, report["report_id"])
+        result.rest_p50_seconds = _rest_p50(api, Path(tmp) / "more", seed, REST_REPEATS)
 
         # Explicit VR Little Endian: what storescu proposes unless told otherwise.
         dicom_study = write_study_dicom(generate_study(seed + 1, 1024), Path(tmp) / "dicom",
@@ -122,6 +126,20 @@ def run_smoke(endpoints: Endpoints, token: Callable[[str], str], seed: int = 7,
         result.targets_up = _targets_up(prometheus, timeout_s=90)
         result.dashboard_queries, result.dashboard_queries_with_data = _dashboards(prometheus)
     return result
+
+
+def _rest_p50(api: httpx.Client, folder: Path, seed: int, count: int) -> float:
+    """Median seconds of ``count`` more studies by REST, one at a time, each completed."""
+    seconds = []
+    for i in range(count):
+        study = write_study_dicom(generate_study(seed + 100 + i, 1024), folder)
+        start = time.monotonic()
+        answer = api.post("/api/v1/reports/generate", data={"study_id": f"SMOKE-{seed}-{i}"},
+                          files={"file": (study.name, study.read_bytes())})
+        seconds.append(time.monotonic() - start)
+        if answer.status_code != 200 or answer.json()["status"] != "completed":
+            raise AssertionError(f"REST study {i}: {answer.status_code} {answer.text[:300]}")
+    return statistics.median(seconds)
 
 
 def _study_uid(path: Path) -> str:
