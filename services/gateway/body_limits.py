@@ -11,11 +11,12 @@ client went away, so whatever the application sends after is dropped.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway.openapi import error_answer
 
 JSON_MAX_BYTES = 1024 * 1024  # generate by path or URL, review text: a few KB in practice
 MULTIPART_OVERHEAD = 64 * 1024  # the form's other fields and part headers
@@ -95,9 +96,9 @@ class _GuardedRequest:
 
 
 async def _answer(send: Send, status: int, detail: str, reason: str) -> None:
-    body = json.dumps({"detail": detail, "reason": reason}).encode()
+    """The documented error body, with the connection closed: the rest of the body is
+    never read."""
+    response = error_answer(status, detail, reason)
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+                "headers": [*response.raw_headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": response.body})
