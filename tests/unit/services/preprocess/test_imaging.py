@@ -374,6 +374,27 @@ def test_a_codestream_larger_than_its_header_is_refused_undecoded(
     assert f"{3 * SIZE}x{3 * SIZE}x1" in str(refused)
 
 
+@pytest.mark.parametrize(("flag", "syntax"), [
+    ("+eb", "1.2.840.10008.1.2.4.50"),  # JPEG Baseline (process 1)
+    ("+e1", "1.2.840.10008.1.2.4.70"),  # JPEG Lossless SV1 (process 14)
+])
+def test_a_jpeg_codestream_larger_than_its_header_is_refused_undecoded(
+        tmp_path: Path, study: PhantomStudy, no_decoding: None, flag: str, syntax: str) -> None:
+    """The same bomb in the JPEG processes, encoded by dcmtk (pydicom has no JPEG encoder)."""
+    big = build_dataset(study, _options())
+    big.set_pixel_data(np.tile(big.pixel_array, (3, 3)), "MONOCHROME2", 12,
+                       generate_instance_uid=False)
+    encoded = tmp_path / "big-jpeg.dcm"
+    _dcmtk("dcmcjpeg", flag, str(_save(big, tmp_path / "big.dcm")), str(encoded))
+    ds = build_dataset(study, _options())
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = pydicom.dcmread(encoded).PixelData
+    ds["PixelData"].VR = "OB"
+    refused = _refused(_save(ds, tmp_path / "bomb.dcm"))
+    assert refused.reason == "corrupt_pixel_data"
+    assert f"{3 * SIZE}x{3 * SIZE}x1" in str(refused)
+
+
 def test_a_codec_panic_is_a_refusal(tmp_path: Path, study: PhantomStudy) -> None:
     """pylibjpeg-rle panics (a BaseException) on this; it must not escape as one."""
     big = build_dataset(study, _options())
