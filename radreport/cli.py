@@ -626,15 +626,20 @@ def bench_chaos(
     api_cases: Annotated[int, typer.Option(
         min=0, help="Schemathesis cases against the running stack's API (R10); 0: none.")
     ] = 10_000,
+    drills: Annotated[bool, typer.Option(
+        help="Redis, Triton and PostgreSQL killed under load and restarted (R8, R9).")] = True,
 ) -> None:
-    """The DICOM service under fuzzing, bombs and an association flood, and the API under
-    schemathesis: one table."""
-    from radreport.bench.chaos import run, run_api
+    """The DICOM service under fuzzing, bombs and an association flood, the API under
+    schemathesis, and restart drills: one table each."""
+    from radreport.bench.chaos import run, run_api, run_drills
 
     for line in run(fuzz_cases, seed):
         typer.echo(line)
     if api_cases:
         for line in run_api(api_cases, seed):
+            typer.echo(line)
+    if drills:
+        for line in run_drills():
             typer.echo(line)
 
 

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pydicom
 import pytest
 import redis
 from fhir.resources.R4B.bundle import Bundle
 from PIL import Image
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
-from radreport.bench.load import wait_finished
+from radreport.bench.drills import redis_drill, triton_drill
 from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 from radreport.model.prompt import ClinicalContext
@@ -274,57 +273,18 @@ def test_a_report_stored_but_never_queued_is_picked_up(stack: LocalStack,
 
 
 def test_redis_killed_and_restarted_empty_loses_nothing_and_repeats_nothing(
-        api: httpx.Client, stack: LocalStack, phantom_dicom: Path, tmp_path: Path) -> None:
+        api: httpx.Client, stack: LocalStack, phantom_dicom: Path) -> None:
     """R8: Redis is killed under load and comes back without its data (every queued message
     gone). Meanwhile the API answers 503 with Retry-After and creates nothing, and a DICOM
     push still gets success. Once Redis is back, the re-driver queues every unfinished
     report again, each completes exactly once, and the pushed study is reported."""
     store = Store(f"sqlite:///{stack.config.data_dir / 'radreport.db'}")
-    report_ids = [api.post("/api/v1/reports/generate", headers={"Prefer": "respond-async"},
-                           data={"study_id": f"E2E-REDIS-{i}"},
-                           files={"file": ("r.dcm", phantom_dicom.read_bytes())},
-                           ).json()["report_id"] for i in range(6)]
-    redis_process = stack.processes["redis"]
-    os.killpg(redis_process.pid, signal.SIGKILL)
-    redis_process.wait()
-    unfinished = [i for i in report_ids if store.get(i).status != "completed"]  # type: ignore[union-attr]
-    assert unfinished, "every report finished before Redis went: nothing was tested"
-    shutil.rmtree(stack.config.data_dir / "redis")  # its queues are gone for good
-
-    refused = api.post("/api/v1/reports/generate", data={"study_id": "E2E-REDIS-DOWN"},
-                       files={"file": ("r.dcm", phantom_dicom.read_bytes())})
-    assert refused.status_code == 503, refused.text
-    assert int(refused.headers["Retry-After"]) > 0
-    assert store.list_for_study("E2E-REDIS-DOWN") == []
-    pushed = shutil.copy(phantom_dicom, tmp_path / "pushed.dcm")
-    ds = pydicom.dcmread(pushed)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
-        generate_uid(), generate_uid(), generate_uid())
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.save_as(pushed)
-    sent = subprocess.run([shutil.which("storescu") or "storescu", "-aec", "RADREPORT",
-                           "127.0.0.1", str(stack.config.dicom_port), str(pushed)],
-                          capture_output=True, text=True, timeout=60)
-    assert sent.returncode == 0, sent.stderr  # durable on disk: success despite the outage
-    time.sleep(3)
-
-    stack.start_redis()
-    reports = wait_finished(store, report_ids, 120)
-    for report_id, report in reports.items():
-        assert report is not None and report.status == "completed", report_id
-        history = [change.status for change in store.history(report_id)]
-        assert history.count("completed") == 1, history
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(
-            r.status == "completed" for r in store.list_for_study(str(ds.StudyInstanceUID))):
-        time.sleep(0.5)
-    (pushed_report,) = store.list_for_study(str(ds.StudyInstanceUID))
-    assert pushed_report.status == "completed"
-    assert redis.Redis.from_url(stack.config.redis_url).llen(DEAD_LETTER_KEY) == 0
-    metrics = api.get("/metrics").text
-    redriven = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                   if line.startswith("radreport_reports_redriven_total{"))
-    assert redriven >= len(unfinished)  # they came back through the re-driver
+    result = redis_drill(stack, api, store, phantom_dicom, timeout_s=120)
+    assert result.unfinished_at_fault, "every report finished before Redis went: nothing tested"
+    assert result.refused_while_down == 1 and result.created_while_down == 0, result
+    assert result.dicom_push_accepted, result.notes  # durable on disk, reported once back
+    assert result.held, result
+    assert result.redriven >= result.unfinished_at_fault  # back through the re-driver
 
 
 def test_triton_killed_and_restarted_loses_nothing(api: httpx.Client, stack: LocalStack,
@@ -332,26 +292,7 @@ def test_triton_killed_and_restarted_loses_nothing(api: httpx.Client, stack: Loc
     """R9: with Triton away, /readyz says so and reports wait at the inference stage without
     spending their attempts; once it is back, every one completes exactly once."""
     store = Store(f"sqlite:///{stack.config.data_dir / 'radreport.db'}")
-    triton = stack.processes["triton"]
-    os.killpg(triton.pid, signal.SIGKILL)
-    triton.wait()
-    report_ids = [api.post("/api/v1/reports/generate", headers={"Prefer": "respond-async"},
-                           data={"study_id": f"E2E-TRITON-{i}"},
-                           files={"file": ("t.dcm", phantom_dicom.read_bytes())},
-                           ).json()["report_id"] for i in range(3)]
-    ready = api.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["checks"]["triton"] != "ok"
-    time.sleep(10)  # far past what three attempts with their backoff would have taken
-    waiting = {i: (r.status, r.status_reason) for i in report_ids if (r := store.get(i))}
-    assert all(s == "inferring" for s, _ in waiting.values()), waiting
-
-    stack.start_triton()
-    reports = wait_finished(store, report_ids, 180)
-    for report_id, report in reports.items():
-        assert report is not None and report.status == "completed", report_id
-        assert [c.status for c in store.history(report_id)].count("completed") == 1
-    deadline = time.monotonic() + 10  # the gateway's own channel reconnects within ~1 s
-    while api.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert api.get("/readyz").status_code == 200
-    assert redis.Redis.from_url(stack.config.redis_url).llen(DEAD_LETTER_KEY) == 0
+    result = triton_drill(stack, api, store, phantom_dicom)
+    assert not result.notes, result.notes  # /readyz answered 503 meanwhile
+    assert result.waiting_while_down == result.accepted == 3, result
+    assert result.held, result  # the gateway's own channel reconnects within ~1 s
