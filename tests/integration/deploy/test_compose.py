@@ -222,6 +222,17 @@ def test_ports_services_listen_on(services: dict[str, Any]) -> None:
         assert all(interpolate(p).startswith("127.0.0.1:") for p in services[name]["ports"])
 
 
+def test_every_published_port_can_be_moved(services: dict[str, Any]) -> None:
+    """Each host side comes from a RADREPORT_*_PUBLISH variable (with the documented default),
+    so a second stack, or one beside the machine's own services, can run on free ports
+    (`radreport bench compose` does)."""
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            host_side = str(port).rsplit(":", 1)[0]
+            assert re.fullmatch(r"\$\{RADREPORT_[A-Z_]+_PUBLISH:-[0-9.:]+\}", host_side), (
+                name, port)
+
+
 def _metrics_port(service_name: str, service: dict[str, Any]) -> int:
     env = env_of(service)
     if service_name == "gateway":

@@ -285,3 +285,18 @@ def test_entrypoint_reads_secret_files(tmp_path: Path) -> None:
     result = subprocess.run([str(ENTRYPOINT), "true"], capture_output=True, text=True, env=env,
                             timeout=30)
     assert result.returncode == 1 and "not readable" in result.stderr
+
+
+def test_what_running_the_images_under_podman_needed() -> None:
+    """Found by building and running them (make containers, which is the real test): podman
+    drops HEALTHCHECK from OCI images; an imported root file system has no PATH, so `bash`
+    is not found; a base Python may have no pip of its own for the Triton installer."""
+    build = (ROOT / "deploy" / "containers" / "build.sh").read_text()
+    assert "--format docker" in build
+    assert "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in build
+    python_base = (ROOT / "deploy" / "containers" / "python.Containerfile").read_text()
+    assert "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in python_base
+    installer = (ROOT / "deploy" / "triton" / "install_cpu_server.sh").read_text()
+    assert '"$DEST/env/bin/python" -m pip download' in installer
+    assert '"$PY" -m pip' not in installer
+
