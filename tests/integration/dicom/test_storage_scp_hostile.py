@@ -39,13 +39,18 @@ CR = UID("1.2.840.10008.5.1.4.1.1.1")
 CANARIES = ("CANARYFAMILY", "CANARYGIVEN", "CANARYPID9", "19011231", "CANARYDOC")
 
 
-@pytest.fixture
-def scp(tmp_path: Path) -> Iterator[StorageSCP]:
+def _started_scp(tmp_path: Path, **settings: Any) -> StorageSCP:
+    """A storage SCP on a free port with its own SQLite store, started."""
     store = Store(f"sqlite:///{tmp_path / 'reports.db'}")
     store.migrate()
-    scp = StorageSCP(DicomSettings(port=free_port(), max_instance_bytes=32 * 1024 * 1024),
-                     store, tmp_path / "instances")
+    scp = StorageSCP(DicomSettings(port=free_port(), **settings), store, tmp_path / "instances")
     scp.start()
+    return scp
+
+
+@pytest.fixture
+def scp(tmp_path: Path) -> Iterator[StorageSCP]:
+    scp = _started_scp(tmp_path, max_instance_bytes=32 * 1024 * 1024)
     try:
         yield scp
     finally:
@@ -153,12 +158,8 @@ def test_a_uid_that_swallows_the_identity_leaves_no_trace_in_the_log(
 def test_a_peer_hoarding_idle_associations_cannot_starve_another(tmp_path: Path) -> None:
     """R6: one host holds its share of slots idle; its next association is rejected, another
     host is still served, and the idle ones are aborted after the network timeout."""
-    store = Store(f"sqlite:///{tmp_path / 'reports.db'}")
-    store.migrate()
-    scp = StorageSCP(DicomSettings(port=free_port(), max_associations=6,
-                                   max_associations_per_peer=2, network_timeout_s=2.0),
-                     store, tmp_path / "instances")
-    scp.start()
+    scp = _started_scp(tmp_path, max_associations=6, max_associations_per_peer=2,
+                       network_timeout_s=2.0)
 
     def associate(source: str) -> Any:
         ae = AE(ae_title="MODALITY1")
@@ -191,12 +192,8 @@ def test_health_probes_that_connect_and_close_take_no_slot(tmp_path: Path) -> No
     """A tcpSocket probe connects and closes without associating; its thread waits out the
     ACSE timeout. Found by the Helm chart under podman: the probes, from the node's address,
     locked that address out until then."""
-    store = Store(f"sqlite:///{tmp_path / 'reports.db'}")
-    store.migrate()
-    scp = StorageSCP(DicomSettings(port=free_port(), max_associations=20,
-                                   max_associations_per_peer=2, acse_timeout_s=30),
-                     store, tmp_path / "instances")
-    scp.start()
+    scp = _started_scp(tmp_path, max_associations=20, max_associations_per_peer=2,
+                       acse_timeout_s=30)
     try:
         for _ in range(5):
             socket.create_connection(("127.0.0.1", scp.settings.port), timeout=2).close()
