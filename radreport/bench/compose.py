@@ -119,8 +119,8 @@ def run(state: Path, timeout_s: float = 900, keep: bool = False) -> Iterator[str
     stack = ComposeStack(state)
     stack.make_secrets()
     stack.compose("down", "-v", timeout=300)
-    with HealthTicker(LABEL):
-        try:
+    try:
+        with HealthTicker(LABEL):
             healthy_s = stack.start(timeout_s)
             yield f"compose: {len(EXPECTED)} services healthy {healthy_s:.0f} s after `up`"
             problems = check_containers()
@@ -134,9 +134,9 @@ def run(state: Path, timeout_s: float = 900, keep: bool = False) -> Iterator[str
             signed_by = signed_report(stack.endpoints, stack.token, smoke.signed_report_id)
             yield (f"compose: stopped and started again, healthy in {restart_s:.0f} s; the "
                    f"signed report is still signed (by {signed_by})")
-        finally:
-            if not keep:
-                stack.compose("down", "-v", timeout=300)
+    finally:  # once the ticker has stopped: it must not inspect containers being removed
+        if not keep:
+            stack.compose("down", "-v", timeout=300)
 
 
 def describe(smoke: SmokeResult) -> Iterator[str]:

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "deploy" / "containers" / "containers.conf"
@@ -48,10 +49,8 @@ class Container:
 def containers(label: str) -> list[Container]:
     """The containers that carry ``label`` (key=value), as podman sees them now."""
     names = podman("ps", "-a", "--filter", f"label={label}", "--format", "{{.Names}}").split()
-    if not names:
-        return []
     found = []
-    for item in json.loads(podman("inspect", *names)):
+    for item in _inspect_existing(names):
         labels = item["Config"].get("Labels") or {}
         service = (labels.get("com.docker.compose.service")
                    or labels.get("io.kubernetes.container.name") or item["Name"])
@@ -61,6 +60,19 @@ def containers(label: str) -> list[Container]:
                                else "", item["Config"].get("User") or "root",
                                bool(item["HostConfig"].get("ReadonlyRootfs"))))
     return found
+
+
+def _inspect_existing(names: list[str]) -> list[dict[str, Any]]:
+    """``podman inspect`` of the named containers that still exist (one may go at any time)."""
+    if not names:
+        return []
+    result = subprocess.run(["podman", "inspect", *names], capture_output=True, text=True,
+                            timeout=120, env=podman_env())
+    if result.returncode == 0:
+        return list(json.loads(result.stdout))
+    if len(names) == 1:
+        return []  # it is gone
+    return [item for name in names for item in _inspect_existing([name])]
 
 
 class HealthTicker:
