@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import struct
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,7 +154,9 @@ def cases(folder: Path, count: int, seed: int = 0) -> Iterator[FuzzCase]:
     for i in range(count):
         syntax = syntaxes[i % len(syntaxes)]
         name = rng.choice(sorted(MUTATIONS))
-        data, claimed = MUTATIONS[name](rng, bases[syntax].read_bytes(), bases[syntax])
+        with warnings.catch_warnings():  # pydicom warns of the invalid values we mean to write
+            warnings.simplefilter("ignore", UserWarning)
+            data, claimed = MUTATIONS[name](rng, bases[syntax].read_bytes(), bases[syntax])
         path = folder / f"case-{i:05d}.dcm"
         path.write_bytes(data)
         yield FuzzCase(f"{syntax}/{name}", path, claimed or syntax)
