@@ -630,14 +630,16 @@ def bench_chaos(
         help="Redis, Triton and PostgreSQL killed under load and restarted (R8, R9).")] = True,
 ) -> None:
     """The DICOM service under fuzzing, bombs and an association flood, the API under
-    schemathesis, and restart drills: one table each."""
-    from radreport.bench.chaos import run, run_api, run_drills
+    schemathesis, bodies, SSRF, transactions, PHI and TLS, and restart drills: tables."""
+    from radreport.bench.chaos import run, run_api, run_drills, run_hostile
 
     for line in run(fuzz_cases, seed):
         typer.echo(line)
     if api_cases:
         for line in run_api(api_cases, seed):
             typer.echo(line)
+    for line in run_hostile():
+        typer.echo(line)
     if drills:
         for line in run_drills():
             typer.echo(line)

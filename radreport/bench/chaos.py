@@ -11,7 +11,9 @@ studies stay on disk until a queue is there) on free ports and prints one table:
 - orphans (files without records and records without files) and tracebacks in its log;
 - R14 for this service: canaries in the log.
 
-Then ``run_api`` fuzzes the running stack's API (R10), and ``run_drills`` kills Redis
+Then ``run_api`` fuzzes the running stack's API (R10), ``run_hostile`` checks bodies (R12),
+SSRF, the review transactions, patient data in logs, metrics and Redis (R14) and DICOM TLS
+(R16), and ``run_drills`` kills Redis
 (R8), Triton (R9) and PostgreSQL under load, on stacks with the default re-driver settings,
 and prints what came back. The 10-minute load is ``radreport bench load``.
 """
@@ -34,6 +36,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from radreport.bench.dicom_fuzz import FuzzCase, cases, deflate_bomb, send_raw
+from radreport.bench.hostile_api import Check
 from radreport.serving.tritonserver import free_port
 from radreport.stack import PROJECT_ROOT
 
@@ -105,6 +108,70 @@ def run_api(cases: int, seed: int = 0) -> Iterator[str]:
            f"(seed {seed}, {seconds:.0f} s): {result.server_errors} server errors, "
            f"{failures} check failures {dict(result.failures)}; goal 0 and 0: "
            f"{'yes' if failures == result.server_errors == 0 else 'NO'}")
+
+
+def run_hostile() -> Iterator[str]:
+    """R12 bodies, SSRF, transactions and R14 PHI on one stack; R16 TLS on an SCP of its own."""
+    import httpx
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from radreport.bench.hostile_api import body_checks, ssrf_checks, transaction_checks
+    from radreport.bench.phi_scan import plant_and_scan
+    from radreport.data.phantoms import generate_study
+    from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
+    from radreport.stack import LocalStack, StackConfig
+
+    checks: list[Check] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        study = write_study_dicom(generate_study(12, 512), root / "study", DicomOptions(
+            "DX", "MONOCHROME1", 12, str(ExplicitVRLittleEndian)))
+        config = StackConfig.on_free_ports(root / "stack")
+        with LocalStack(config) as stack, httpx.Client(
+                base_url=config.gateway_url, timeout=120,
+                headers={"Authorization": f"Bearer {config.token('service', 'chaos')}"}
+        ) as api, httpx.Client(base_url=config.gateway_url, timeout=120, headers={
+                "Authorization": f"Bearer {config.token('radiologist', 'chaos-rad')}"}
+        ) as reviewer:
+            checks += body_checks("127.0.0.1", config.gateway_port,
+                                  config.token("service", "chaos"))
+            checks += ssrf_checks(api)
+            checks += transaction_checks(api, reviewer, study)
+            scan = plant_and_scan(stack, root / "phi")
+            checks.append(Check(
+                "R14 canaries in logs, /metrics and Redis",
+                f"{len(scan.leaks)} in {scan.scanned_bytes / 1e6:.1f} MB over {scan.places} "
+                "places", "0", not scan.leaks and scan.pushed_reported))
+        checks.append(_tls_check(root / "pki"))
+    width = max(len(c.figure) for c in checks)
+    yield f"{'figure':<{width}}  {'measured':<36}  {'goal':<16}  met"
+    for c in checks:
+        yield f"{c.figure:<{width}}  {c.measured:<36}  {c.goal:<16}  {'yes' if c.met else 'NO'}"
+
+
+def _tls_check(folder: Path) -> Check:
+    """R16: the SCP with the hospital's CA serves its modality, refuses a stranger and none."""
+    from radreport.bench.pki import echo_over_tls, hospital_pki
+    from services.common.store import Store
+    from services.dicom.scp import StorageSCP
+    from services.dicom.settings import DicomSettings
+
+    folder.mkdir(parents=True)
+    pki = hospital_pki(folder)
+    store = Store(f"sqlite:///{folder / 'reports.db'}")
+    store.migrate()
+    scp = StorageSCP(DicomSettings(port=free_port(), tls_certificate=pki["server"][0],
+                                   tls_private_key=pki["server"][1],
+                                   tls_ca_certificates=pki["ca"][0]), store, folder / "instances")
+    scp.start()
+    try:
+        port = scp.settings.port
+        served = echo_over_tls(port, pki, "modality")
+        refused = not echo_over_tls(port, pki, "stranger") and not echo_over_tls(port, pki, None)
+    finally:
+        scp.stop()
+    return Check("R16 DICOM TLS: CA-signed peer / untrusted or no certificate",
+                 f"served {served} / refused {refused}", "True / True", served and refused)
 
 
 def run_drills() -> Iterator[str]:
