@@ -12,8 +12,8 @@ studies stay on disk until a queue is there) on free ports and prints one table:
 - R14 for this service: canaries in the log.
 
 Then ``run_api`` fuzzes the running stack's API (R10), ``run_hostile`` checks bodies (R12),
-SSRF, the review transactions, patient data in logs, metrics and Redis (R14) and DICOM TLS
-(R16), and ``run_drills`` kills Redis
+SSRF, the review transactions, patient data in logs, metrics and Redis (R14), DICOM TLS
+(R16) and decoder bombs (R5), and ``run_drills`` kills Redis
 (R8), Triton (R9) and PostgreSQL under load, on stacks with the default re-driver settings,
 and prints what came back. The 10-minute load is ``radreport bench load``.
 """
@@ -143,10 +143,41 @@ def run_hostile() -> Iterator[str]:
                 f"{len(scan.leaks)} in {scan.scanned_bytes / 1e6:.1f} MB over {scan.places} "
                 "places", "0", not scan.leaks and scan.pushed_reported))
         checks.append(_tls_check(root / "pki"))
+        checks += _decoder_bombs(root / "bombs")
     width = max(len(c.figure) for c in checks)
     yield f"{'figure':<{width}}  {'measured':<36}  {'goal':<16}  met"
     for c in checks:
         yield f"{c.figure:<{width}}  {c.measured:<36}  {c.goal:<16}  {'yes' if c.met else 'NO'}"
+
+
+def _decoder_bombs(folder: Path) -> list[Check]:
+    """R5 in preprocessing: each bomb refused, and how much memory the refusal took."""
+    import tracemalloc
+
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+
+    from radreport.bench.dicom_fuzz import codestream_bomb, png_dimension_bomb
+    from services.preprocess.imaging import InputRefused, load_image
+
+    folder.mkdir(parents=True)
+    bombs = {"R5 PNG declaring 20,000 x 20,000 px": png_dimension_bomb(folder / "bomb.png"),
+             "R5 JPEG 2000 frame 9x its header": codestream_bomb(
+                 folder / "j2k.dcm", str(JPEG2000Lossless)),
+             "R5 JPEG-LS frame 9x its header": codestream_bomb(
+                 folder / "jls.dcm", str(JPEGLSLossless))}
+    checks = []
+    for figure, path in bombs.items():
+        tracemalloc.start()
+        try:
+            load_image(path)
+            reason = "decoded"
+        except InputRefused as refused:
+            reason = refused.reason
+        peak_mb = tracemalloc.get_traced_memory()[1] / 1e6
+        tracemalloc.stop()
+        checks.append(Check(figure, f"{reason}, peak {peak_mb:.1f} MB", "refused, < 10 MB",
+                            reason != "decoded" and peak_mb < 10))
+    return checks
 
 
 def _tls_check(folder: Path) -> Check:

@@ -28,7 +28,12 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 
 from radreport.data.phantoms import generate_study
-from radreport.data.phantoms.dicom import TRANSFER_SYNTAXES, DicomOptions, write_study_dicom
+from radreport.data.phantoms.dicom import (
+    TRANSFER_SYNTAXES,
+    DicomOptions,
+    build_dataset,
+    write_study_dicom,
+)
 from services.preprocess.imaging import file_meta_end
 
 BASE_SYNTAXES: tuple[UID, ...] = (*TRANSFER_SYNTAXES, DeflatedExplicitVRLittleEndian,
@@ -222,4 +227,33 @@ def deflate_bomb(path: Path, inflated_bytes: int = 200_000_000) -> Path:
         out.write(b"\0" * 128 + b"DICM")
         write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
         out.write(b"".join(chunks))
+    return path
+
+
+def png_dimension_bomb(path: Path, side: int = 20000) -> Path:
+    """A PNG of a few bytes whose header declares ``side`` x ``side`` pixels."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:  # PNG specification 5.3
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(
+            ">I", zlib.crc32(kind + payload))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", side, side, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b""))
+    return path
+
+
+def codestream_bomb(path: Path, syntax: str, side: int = 384, factor: int = 3) -> Path:
+    """A DICOM whose header says ``side`` px while its compressed frame (JPEG 2000 or
+    JPEG-LS, pydicom's encoders) declares ``factor`` times that on each side."""
+    import numpy as np
+
+    study = generate_study(7, side)
+    options = DicomOptions("DX", "MONOCHROME2", 12, str(ExplicitVRLittleEndian))
+    big = build_dataset(study, options)
+    big.set_pixel_data(np.tile(big.pixel_array, (factor, factor)), "MONOCHROME2", 12,
+                       generate_instance_uid=False)
+    big.compress(syntax, generate_instance_uid=False)
+    ds = build_dataset(study, DicomOptions("DX", "MONOCHROME2", 12, syntax))
+    ds.PixelData = big.PixelData
+    ds.save_as(path, enforce_file_format=True)
     return path

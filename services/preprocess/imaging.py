@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import struct
 import zlib
@@ -304,8 +305,10 @@ def load_image(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     left to the caller, since it says nothing about the image.
     """
     with open(path, "rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
+        # read(n) allocates n bytes before reading: ask for what the file holds, not the cap
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(min(size, max_bytes) + 1)
+    if len(data) > max_bytes or size > max_bytes:
         raise InputRefused("too_large", f"the file is larger than {max_bytes} bytes")
     source = sniff_format(data[:132])
     if source is None:

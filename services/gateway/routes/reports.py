@@ -74,7 +74,9 @@ async def _parse_generate(request: Request, services: Services,
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise IngestError(422, "multipart upload needs a 'file' part", "missing_file")
-        data = await upload.read(settings.max_upload_bytes + 1)
+        # read(n) allocates n bytes first; the body is capped already (BodyLimits)
+        check_size(upload.size or 0, settings.max_upload_bytes)
+        data = await upload.read()
         check_size(len(data), settings.max_upload_bytes)
         text = {k: v for k, v in form.items() if isinstance(v, str) and v}
         age, sex = text.get("patient_age"), text.get("patient_sex")

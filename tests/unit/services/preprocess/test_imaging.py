@@ -13,6 +13,7 @@ import io
 import shutil
 import struct
 import subprocess
+import tracemalloc
 import zlib
 from pathlib import Path
 from typing import Any
@@ -483,6 +484,21 @@ def test_jpeg_and_colour_inputs_become_grayscale(tmp_path: Path, truth: np.ndarr
     rgb = tmp_path / "rgb.png"
     Image.fromarray(np.stack([gray] * 3, axis=-1)).save(rgb)
     assert np.abs(load_image(rgb).pixels - truth).max() <= 0.5 / 255 + 1e-6
+
+
+def test_reading_a_file_takes_memory_for_what_it_holds_not_for_the_cap(
+        tmp_path: Path, truth: np.ndarray) -> None:
+    """read(n) allocates n bytes before reading; with n the 256 MiB cap, every study cost a
+    256 MiB allocation (found by bench chaos's bomb figures)."""
+    path = _png(tmp_path, "small.png", (truth * 255).astype(np.uint8))
+    load_image(path)  # imports and first-use caches outside the measurement
+    tracemalloc.start()
+    try:
+        load_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, peak
 
 
 def test_png_limits_and_damage(tmp_path: Path) -> None:
