@@ -631,7 +631,8 @@ def bench_chaos(
 ) -> None:
     """The DICOM service under fuzzing, bombs and an association flood, the API under
     schemathesis, bodies, SSRF, transactions, PHI and TLS, and restart drills: tables."""
-    from radreport.bench.chaos import run, run_api, run_drills, run_hostile
+    from radreport.bench.chaos import run, run_api
+    from radreport.bench.chaos_stack import run_drills, run_hostile
 
     for line in run(fuzz_cases, seed):
         typer.echo(line)
