@@ -400,6 +400,27 @@ def calibrate(
 
 
 @app.command()
+def eda(
+    root: Annotated[Path, typer.Argument(help="The dataset's folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for eda.json, eda.md and the plots.")],
+    dataset: Annotated[str, typer.Option(
+        help="phantoms | mimic-cxr-jpg | iu-xray | chexpert | auto")] = "auto",
+    split: Annotated[str | None, typer.Option(help="One split only; default all.")] = None,
+    all_views: Annotated[bool, typer.Option(help="Lateral views too.")] = False,
+) -> None:
+    """Exploratory statistics of a dataset: lengths, terms, findings, with plots."""
+    from radreport.data.datasets.base import detect_dataset, open_dataset
+    from radreport.eval.eda import describe, write
+
+    kind = detect_dataset(root) if dataset == "auto" else dataset
+    summary = describe(kind, open_dataset(kind, root).records(split, frontal_only=not all_views))
+    for path in write(summary, out):
+        typer.echo(path)
+    typer.echo(f"{summary.records} records, {summary.patients} patients, "
+               f"{summary.with_text} with text, {summary.with_labels} with labels")
+
+
+@app.command()
 def token(
     role: Annotated[str, typer.Option(help="radiologist | service | admin")] = "radiologist",
     subject: Annotated[str | None, typer.Option(help="Who the token names.")] = None,
