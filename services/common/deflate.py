@@ -14,12 +14,17 @@ CHUNK = 1 << 20
 
 def inflated_size(deflated: bytes | memoryview, limit: int) -> int:
     """Bytes ``deflated`` inflates to, counted in 1 MiB chunks that are dropped; once past
-    ``limit`` counting stops and the count (> limit) is returned. zlib.error if corrupt."""
+    ``limit`` counting stops and the count (> limit) is returned. zlib.error if corrupt.
+
+    The input goes in 1 MiB pieces too: zlib copies whatever input is left unconsumed at
+    each call, so handing it all at once copied the whole rest of it for every MiB out."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    size, pending = 0, bytes(deflated)
-    while pending and size <= limit:
-        size += len(inflater.decompress(pending, CHUNK))
-        pending = inflater.unconsumed_tail
-    if size <= limit:
-        size += len(inflater.flush(CHUNK))
-    return size
+    data, size = memoryview(deflated), 0
+    for start in range(0, len(data), CHUNK):
+        pending: bytes | memoryview = data[start : start + CHUNK]
+        while pending and size <= limit:
+            size += len(inflater.decompress(pending, CHUNK))
+            pending = inflater.unconsumed_tail
+        if size > limit:
+            return size
+    return size + len(inflater.flush(CHUNK))
