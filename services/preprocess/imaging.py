@@ -305,10 +305,11 @@ def load_image(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     left to the caller, since it says nothing about the image.
     """
     with open(path, "rb") as handle:
-        # read(n) allocates n bytes before reading: ask for what the file holds, not the cap
+        # read(n) allocates n bytes before reading: ask for what the file holds, not the cap;
+        # a file over the cap is refused unread (read's bound still holds if it grows)
         size = os.fstat(handle.fileno()).st_size
-        data = handle.read(min(size, max_bytes) + 1)
-    if len(data) > max_bytes or size > max_bytes:
+        data = handle.read(size + 1) if size <= max_bytes else b""
+    if size > max_bytes or len(data) > max_bytes:
         raise InputRefused("too_large", f"the file is larger than {max_bytes} bytes")
     source = sniff_format(data[:132])
     if source is None:
