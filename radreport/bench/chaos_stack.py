@@ -16,7 +16,6 @@ from pydicom.uid import ExplicitVRLittleEndian
 from radreport.bench.hostile_api import Check
 from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
-from radreport.serving.tritonserver import free_port
 from radreport.stack import LocalStack, StackConfig
 
 
@@ -91,19 +90,11 @@ def _decoder_bombs(folder: Path) -> list[Check]:
 
 def _tls_check(folder: Path) -> Check:
     """R16: the SCP with the hospital's CA serves its modality, refuses a stranger and none."""
-    from radreport.bench.pki import echo_over_tls, hospital_pki
-    from services.common.store import Store
-    from services.dicom.scp import StorageSCP
-    from services.dicom.settings import DicomSettings
+    from radreport.bench.pki import echo_over_tls, hospital_pki, tls_scp
 
     folder.mkdir(parents=True)
     pki = hospital_pki(folder)
-    store = Store(f"sqlite:///{folder / 'reports.db'}")
-    store.migrate()
-    scp = StorageSCP(DicomSettings(port=free_port(), tls_certificate=pki["server"][0],
-                                   tls_private_key=pki["server"][1],
-                                   tls_ca_certificates=pki["ca"][0]), store, folder / "instances")
-    scp.start()
+    scp = tls_scp(pki, folder)
     try:
         port = scp.settings.port
         served = echo_over_tls(port, pki, "modality")

@@ -21,6 +21,7 @@ from radreport.bench.podman import (
     ROOT,
     HealthTicker,
     containers,
+    exists,
     logs_tail,
     podman,
     podman_env,
@@ -111,8 +112,7 @@ def check_runtime_image() -> str:
 
 
 def run(state: Path, timeout_s: float = 900, keep: bool = False) -> Iterator[str]:
-    missing = [image for image in IMAGES.values()
-               if subprocess.run(["podman", "image", "exists", image], env=podman_env()).returncode]
+    missing = [image for image in IMAGES.values() if not exists("image", image)]
     if missing:
         raise RuntimeError(f"no image {', '.join(missing)}: run deploy/containers/build.sh")
     yield f"image: {check_runtime_image()}"

@@ -26,7 +26,7 @@ import pydicom
 import redis
 from pydicom.uid import generate_uid
 
-from radreport.bench.load import wait_finished
+from radreport.bench.load import wait_finished, wait_study_reported
 from radreport.serving.tritonserver import free_port
 from radreport.stack import LocalStack
 from services.common.queue import DEAD_LETTER_KEY
@@ -98,6 +98,11 @@ def _settle(result: DrillResult, store: Store, report_ids: list[str], timeout_s:
     result.ready_again = api.get("/readyz").status_code == 200
 
 
+def _unfinished(store: Store, report_ids: list[str]) -> int:
+    return sum(1 for i in report_ids if (r := store.get(i)) is not None
+               and r.status != "completed")
+
+
 def _kill(stack: LocalStack, name: str) -> None:
     process = stack.processes[name]
     os.killpg(process.pid, signal.SIGKILL)
@@ -112,38 +117,34 @@ def redis_drill(stack: LocalStack, api: httpx.Client, store: Store, study: Path,
     report_ids = [_post_async(api, study, f"DRILL-REDIS-{tag}-{i}") for i in range(count)]
     result.accepted = len(report_ids)
     _kill(stack, "redis")
-    result.unfinished_at_fault = sum(
-        1 for i in report_ids if (r := store.get(i)) is not None and r.status != "completed")
+    result.unfinished_at_fault = _unfinished(store, report_ids)
     shutil.rmtree(stack.config.data_dir / "redis", ignore_errors=True)
     result.refused_while_down = int(_refused(api, study, f"DRILL-REDIS-{tag}-DOWN"))
     result.created_while_down = len(store.list_for_study(f"DRILL-REDIS-{tag}-DOWN"))
-    pushed = _fresh_copy(study, Path(tempfile.mkdtemp(prefix="radreport-drill-")) / "s.dcm")
-    sent = subprocess.run([shutil.which("storescu") or "storescu", "-aec", "RADREPORT",
-                           "127.0.0.1", str(stack.config.dicom_port), str(pushed)],
-                          capture_output=True, text=True, timeout=60)
+    with tempfile.TemporaryDirectory() as tmp:
+        pushed, pushed_study = _fresh_copy(study, Path(tmp) / "s.dcm")
+        sent = subprocess.run([shutil.which("storescu") or "storescu", "-aec", "RADREPORT",
+                               "127.0.0.1", str(stack.config.dicom_port), str(pushed)],
+                              capture_output=True, text=True, timeout=60)
     result.dicom_push_accepted = sent.returncode == 0
     time.sleep(3)
     stack.start_redis()
-    pushed_study = str(pydicom.dcmread(pushed, stop_before_pixels=True).StudyInstanceUID)
     _settle(result, store, report_ids, timeout_s, api, stack.config.redis_url)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not any(
-            r.status == "completed" for r in store.list_for_study(pushed_study)):
-        time.sleep(0.5)
-    if not any(r.status == "completed" for r in store.list_for_study(pushed_study)):
+    if not any(r.status == "completed"
+               for r in wait_study_reported(store, pushed_study, timeout_s)):
         result.dicom_push_accepted = False
         result.notes.append("the study pushed during the outage was never reported")
     return result
 
 
-def _fresh_copy(study: Path, target: Path) -> Path:
-    """The study under new UIDs: a new study for the DICOM gateway."""
+def _fresh_copy(study: Path, target: Path) -> tuple[Path, str]:
+    """The study under new UIDs (a new study for the DICOM gateway), and its Study UID."""
     ds = pydicom.dcmread(study)
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
         generate_uid(), generate_uid(), generate_uid())
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.save_as(target)
-    return target
+    return target, str(ds.StudyInstanceUID)
 
 
 def triton_drill(stack: LocalStack, api: httpx.Client, store: Store, study: Path,
@@ -219,8 +220,7 @@ def postgres_drill(stack: LocalStack, api: httpx.Client, cluster: PostgresCluste
     tag = generate_uid()[-8:]
     report_ids = [_post_async(api, study, f"DRILL-PG-{tag}-{i}") for i in range(count)]
     result.accepted = len(report_ids)
-    result.unfinished_at_fault = sum(
-        1 for i in report_ids if (r := store.get(i)) is not None and r.status != "completed")
+    result.unfinished_at_fault = _unfinished(store, report_ids)
     cluster.stop("immediate")  # a crash, not a shutdown
     try:
         result.refused_while_down = int(_refused(api, study, f"DRILL-PG-{tag}-DOWN"))

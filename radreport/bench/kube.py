@@ -27,7 +27,7 @@ import yaml
 
 from radreport import __version__
 from radreport.bench.kube_manifests import Doc, Playable, playable
-from radreport.bench.podman import ROOT, logs_tail, podman, podman_env
+from radreport.bench.podman import ROOT, described, exists, logs_tail, podman, podman_env
 from radreport.bench.smoke import REST_REPEATS, Endpoints, run_smoke, signed_report
 
 CHART = ROOT / "helm" / "radreport"
@@ -74,8 +74,7 @@ def _probe(pod: str, container: Doc, address: str) -> bool:
     """One readiness probe, as the kubelet runs it; True without a probe once running."""
     probe = container.get("readinessProbe")
     name = _container_name(pod, container["name"])
-    state = podman("inspect", "--format", "{{.State.Status}}", name, check=False).strip()
-    if state != "running":
+    if [c.state for c in described([name])] != ["running"]:
         return False
     if not probe:
         return True
@@ -102,11 +101,10 @@ def _probe(pod: str, container: Doc, address: str) -> bool:
 
 def security(plan: Playable) -> str:
     """How the played containers run: their users, and read-only root file systems."""
-    names = [_container_name(pod, c["name"]) for pod, manifest in plan.pods.items()
-             for c in manifest["spec"]["containers"]]
-    found = json.loads(podman("inspect", *names))
-    users = sorted({item["Config"].get("User") or "root" for item in found})
-    read_only = sum(bool(item["HostConfig"].get("ReadonlyRootfs")) for item in found)
+    found = described([_container_name(pod, c["name"]) for pod, manifest in plan.pods.items()
+                       for c in manifest["spec"]["containers"]])
+    users = sorted({c.user for c in found})
+    read_only = sum(c.read_only for c in found)
     return (f"{len(found)} containers as users {', '.join(users)}; read-only root file system "
             f"on {read_only} of {len(found)}")
 
@@ -140,12 +138,11 @@ class KubeStack:
         """The plan, less the claims whose volumes exist: a claim outlives its pods, and
         podman refuses to make a volume twice."""
         kept = [m for m in self.plan.manifests if m["kind"] != "PersistentVolumeClaim"
-                or subprocess.run(["podman", "volume", "exists", m["metadata"]["name"]],
-                                  env=podman_env()).returncode]
+                or not exists("volume", m["metadata"]["name"])]
         self.file.write_text(yaml.safe_dump_all(kept))
 
     def create(self) -> None:
-        if subprocess.run(["podman", "network", "exists", NETWORK], env=podman_env()).returncode:
+        if not exists("network", NETWORK):
             podman("network", "create", NETWORK)
         for name, data in self.plan.secrets.items():
             podman("secret", "rm", name, check=False)
@@ -197,7 +194,7 @@ class KubeStack:
 def run(timeout_s: float = 900, keep: bool = False) -> Iterator[str]:
     scratch = Path(tempfile.mkdtemp(prefix="radreport-kube-"))
     plan = playable(render(), scratch)
-    yield ("kube: played " + ", ".join(f"{p}" for p in sorted(plan.pods)) + "; not exercised: "
+    yield ("kube: played " + ", ".join(sorted(plan.pods)) + "; not exercised: "
            + "; ".join(f"{k} ({len(v)})" for k, v in sorted(plan.not_exercised.items())))
     with tempfile.TemporaryDirectory() as tmp:
         stack = KubeStack(plan, Path(tmp))

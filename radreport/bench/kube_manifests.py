@@ -78,9 +78,7 @@ def _environment(container: Doc, secrets: dict[str, dict[str, str]],
     return env
 
 
-def _expand(words: list[str] | None, env: dict[str, str]) -> list[str] | None:
-    if words is None:
-        return None
+def _expand(words: list[str], env: dict[str, str]) -> list[str]:
     return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), w) for w in words]
 
 

@@ -77,6 +77,17 @@ def wait_finished(store: Store, report_ids: list[str], timeout_s: float,
         time.sleep(0.5)
 
 
+def wait_study_reported(store: Store, study_id: str, timeout_s: float) -> list[Report]:
+    """The study's reports once one is completed, or as they stand after ``timeout_s``
+    (a study pushed by DICOM has no report id to wait for)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reports = store.list_for_study(study_id)
+        if time.monotonic() >= deadline or any(r.status == "completed" for r in reports):
+            return reports
+        time.sleep(0.5)
+
+
 def run_load(stack: LocalStack, studies: list[Path], rate_per_s: float, seconds: float,
              warmup_s: float = 60.0) -> LoadResult:
     config = stack.config

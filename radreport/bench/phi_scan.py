@@ -20,6 +20,7 @@ import redis
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 
+from radreport.bench.load import wait_study_reported
 from radreport.data.phantoms import generate_study
 from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 from radreport.stack import LocalStack
@@ -137,11 +138,8 @@ def plant_and_scan(stack: LocalStack, folder: Path, timeout_s: float = 120) -> P
     store = Store(stack.config.extra_env.get(
         "RADREPORT_DATABASE_URL", f"sqlite:///{stack.config.data_dir / 'radreport.db'}"))
     pushed_uid = str(pydicom.dcmread(pushed, stop_before_pixels=True).StudyInstanceUID)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not any(
-            r.status == "completed" for r in store.list_for_study(pushed_uid)):
-        time.sleep(0.5)
-    reported = [r.status for r in store.list_for_study(pushed_uid)] == ["completed"]
+    reported = [r.status for r in wait_study_reported(store, pushed_uid, timeout_s)
+                ] == ["completed"]
     time.sleep(2)  # the grounding stage and the exporter write their last lines
 
     scanned = {f"log {p.name}": p.read_text(errors="replace")

@@ -15,6 +15,11 @@ from cryptography.x509.oid import NameOID
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from radreport.serving.tritonserver import free_port
+from services.common.store import Store
+from services.dicom.scp import StorageSCP
+from services.dicom.settings import DicomSettings
+
 Issuer = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 Pki = dict[str, tuple[Path, Path]]  # name -> (certificate, key) PEM files
 
@@ -68,3 +73,15 @@ def echo_over_tls(port: int, pki: Pki, client: str | None) -> bool:
     status = assoc.send_c_echo()
     assoc.release()
     return int(status.Status) == 0x0000
+
+
+def tls_scp(pki: Pki, folder: Path) -> StorageSCP:
+    """A Storage SCP on a free port, with its own SQLite store, that serves TLS with the
+    server certificate and trusts the PKI's CA for client certificates; started."""
+    store = Store(f"sqlite:///{folder / 'reports.db'}")
+    store.migrate()
+    scp = StorageSCP(DicomSettings(port=free_port(), tls_certificate=pki["server"][0],
+                                   tls_private_key=pki["server"][1],
+                                   tls_ca_certificates=pki["ca"][0]), store, folder / "instances")
+    scp.start()
+    return scp

@@ -46,9 +46,19 @@ class Container:
     read_only: bool
 
 
+def exists(kind: str, name: str) -> bool:
+    """Whether podman has the ``kind`` (image, network, volume, ...) called ``name``."""
+    return subprocess.run(["podman", kind, "exists", name], env=podman_env()).returncode == 0
+
+
 def containers(label: str) -> list[Container]:
     """The containers that carry ``label`` (key=value), as podman sees them now."""
-    names = podman("ps", "-a", "--filter", f"label={label}", "--format", "{{.Names}}").split()
+    return described(podman("ps", "-a", "--filter", f"label={label}", "--format",
+                            "{{.Names}}").split())
+
+
+def described(names: list[str]) -> list[Container]:
+    """The named containers that exist, as podman sees them now."""
     found = []
     for item in _inspect_existing(names):
         labels = item["Config"].get("Labels") or {}

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydicom.uid import ExplicitVRLittleEndian
@@ -26,8 +27,8 @@ from radreport.data.phantoms.dicom import DicomOptions, write_study_dicom
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "deploy" / "observability" / "grafana" / "dashboards"
-# Grafana's interval variables, as Grafana would expand them for a short range.
 REST_REPEATS = 5  # studies after the first, for a steady-state latency
+# Grafana's interval variables, as Grafana would expand them for a short range.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
 
 
@@ -90,15 +91,12 @@ def run_smoke(endpoints: Endpoints, token: Callable[[str], str], seed: int = 7,
             base_url=endpoints.gateway_url, timeout=timeout_s,
             headers={"Authorization": f"Bearer {token('radiologist')}"}) as reviewer:
         rest_study = write_study_dicom(generate_study(seed, 1024), Path(tmp) / "rest")
-        start = time.monotonic()
-        answer = api.post("/api/v1/reports/generate", data={"study_id": f"SMOKE-REST-{seed}"},
-                          files={"file": (rest_study.name, rest_study.read_bytes())})
-        result.rest_seconds = time.monotonic() - start
-        if answer.status_code != 200 or answer.json()["status"] != "completed":
-            raise AssertionError(f"REST study: {answer.status_code} {answer.text[:500]}")
-        report = answer.json()
+        report, result.rest_seconds = _reported(api, rest_study, f"SMOKE-REST-{seed}")
         result.grounded_sentences["rest"] = _grounded(api, report["report_id"])
-        result.rest_p50_seconds = _rest_p50(api, Path(tmp) / "more", seed, REST_REPEATS)
+        result.rest_p50_seconds = statistics.median(
+            _reported(api, write_study_dicom(generate_study(seed + 100 + i, 1024),
+                                             Path(tmp) / "more"), f"SMOKE-{seed}-{i}")[1]
+            for i in range(REST_REPEATS))
 
         # Explicit VR Little Endian: what storescu proposes unless told otherwise.
         dicom_study = write_study_dicom(generate_study(seed + 1, 1024), Path(tmp) / "dicom",
@@ -128,18 +126,15 @@ def run_smoke(endpoints: Endpoints, token: Callable[[str], str], seed: int = 7,
     return result
 
 
-def _rest_p50(api: httpx.Client, folder: Path, seed: int, count: int) -> float:
-    """Median seconds of ``count`` more studies by REST, one at a time, each completed."""
-    seconds = []
-    for i in range(count):
-        study = write_study_dicom(generate_study(seed + 100 + i, 1024), folder)
-        start = time.monotonic()
-        answer = api.post("/api/v1/reports/generate", data={"study_id": f"SMOKE-{seed}-{i}"},
-                          files={"file": (study.name, study.read_bytes())})
-        seconds.append(time.monotonic() - start)
-        if answer.status_code != 200 or answer.json()["status"] != "completed":
-            raise AssertionError(f"REST study {i}: {answer.status_code} {answer.text[:300]}")
-    return statistics.median(seconds)
+def _reported(api: httpx.Client, study: Path, study_id: str) -> tuple[dict[str, Any], float]:
+    """The study posted synchronously: its completed report, and the seconds it took."""
+    start = time.monotonic()
+    answer = api.post("/api/v1/reports/generate", data={"study_id": study_id},
+                      files={"file": (study.name, study.read_bytes())})
+    seconds = time.monotonic() - start
+    if answer.status_code != 200 or answer.json()["status"] != "completed":
+        raise AssertionError(f"REST study {study_id}: {answer.status_code} {answer.text[:500]}")
+    return answer.json(), seconds
 
 
 def _study_uid(path: Path) -> str:

@@ -9,11 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from radreport.bench.pki import Pki, echo_over_tls, hospital_pki
-from radreport.serving.tritonserver import free_port
-from services.common.store import Store
+from radreport.bench.pki import Pki, echo_over_tls, hospital_pki, tls_scp
 from services.dicom.scp import StorageSCP
-from services.dicom.settings import DicomSettings
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +22,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture
 def scp(pki: Pki, tmp_path: Path) -> Iterator[StorageSCP]:
-    store = Store(f"sqlite:///{tmp_path / 'reports.db'}")
-    store.migrate()
-    settings = DicomSettings(port=free_port(), tls_certificate=pki["server"][0],
-                             tls_private_key=pki["server"][1],
-                             tls_ca_certificates=pki["ca"][0])
-    scp = StorageSCP(settings, store, tmp_path / "instances")
-    scp.start()
+    scp = tls_scp(pki, tmp_path)
     try:
         yield scp
     finally:
