@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
+from radreport.audit_cli import audit_app
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -21,6 +23,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="radreport: grounded chest X-ray report drafting (not for clinical use).")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()
