@@ -11,7 +11,8 @@ when it is set; otherwise a local SQLite store inside the run folder
 (``<run>/mlflow/mlflow.db``, artifacts in ``<run>/mlflow/artifacts``), so a run folder holds
 its own record and nothing depends on the working directory. MLflow 3's own default is
 ``sqlite:///mlflow.db`` in the working directory; its file store (``./mlruns``) is
-deprecated. The experiment is ``$MLFLOW_EXPERIMENT_NAME`` or "radreport".
+deprecated. A SQLite store keeps artifacts in ``artifacts/`` beside its database, never in
+the working directory. The experiment is ``$MLFLOW_EXPERIMENT_NAME`` or "radreport".
 
 The run's tracking URI and id are kept in ``<run>/mlflow_run.json`` (and copied into an
 exported model folder), which is how later commands find the run. ``train.track = false``
@@ -108,15 +109,20 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def _experiment_id(client: Any, run_dir: Path, local: bool) -> str:
+def artifact_location(uri: str) -> str | None:
+    """For a SQLite store, ``artifacts/`` beside the database (MLflow would otherwise use
+    ``./mlruns`` in the working directory); a server decides for itself (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+
+
+def _experiment_id(client: Any, uri: str) -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
     found = client.get_experiment_by_name(name)
     if found is not None:
         return str(found.experiment_id)
-    location = None
-    if local:  # beside the database, not in the working directory
-        location = (Path(run_dir) / LOCAL_STORE / "artifacts").resolve().as_uri()
-    return str(client.create_experiment(name, artifact_location=location))
+    return str(client.create_experiment(name, artifact_location=artifact_location(uri)))
 
 
 class Tracker:
@@ -159,8 +165,15 @@ class Tracker:
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def finish(self, completed: bool) -> None:
-        self.client.set_terminated(self.run_id, "FINISHED" if completed else "FAILED")
+    def end(self, completed: bool, metrics_file: Path) -> None:
+        """Attach ``metrics.csv`` and close the run FINISHED (or FAILED); errors are
+        warnings, so they never hide the error that ended a training."""
+        try:
+            if Path(metrics_file).is_file():
+                self.log_artifact(metrics_file, "metrics")
+            self.client.set_terminated(self.run_id, "FINISHED" if completed else "FAILED")
+        except Exception as err:  # any client or network error
+            log.warning("MLflow: could not close run %s: %s", self.run_id, err)
 
 
 def open_run(run_dir: Path, config: Mapping[str, Any], config_file: Path,
@@ -174,8 +187,7 @@ def open_run(run_dir: Path, config: Mapping[str, Any], config_file: Path,
     else:
         uri = tracking_uri(run_dir)
         client = _client(uri)
-        local = not os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-        experiment = _experiment_id(client, run_dir, local)
+        experiment = _experiment_id(client, uri)
         run = client.create_run(experiment, run_name=run_dir.resolve().name)
         tracker = Tracker(RunRef(without_credentials(uri), run.info.run_id))
         tracker.ref.save(run_dir)
