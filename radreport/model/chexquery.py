@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from radreport.model.backbones import build_trunk
 from radreport.model.config import ModelConfig
 from radreport.model.query_grounding import ANATOMY_QUERIES
 
@@ -62,13 +63,18 @@ class ConvEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         c0, c1, c2, c3, c4 = cfg.conv_channels
-        self.net = nn.Sequential(
-            conv_bn(cfg.in_chans, c0, 2), conv_bn(c0, c1, 2),  # /4
-            ResidualBlock(c1, c1, 1),
-            ResidualBlock(c1, c2, 2), ResidualBlock(c2, c2, 1),  # /8
-            ResidualBlock(c2, c3, 2), ResidualBlock(c3, c3, 1),  # /16
-            ResidualBlock(c3, c4, 1), ResidualBlock(c4, c4, 1),
-        )
+        self.net: nn.Module
+        if cfg.backbone:  # a standard network instead (backbones.py), same stride 16
+            trunk = build_trunk(cfg)
+            self.net, c4 = trunk, trunk.out_channels
+        else:
+            self.net = nn.Sequential(
+                conv_bn(cfg.in_chans, c0, 2), conv_bn(c0, c1, 2),  # /4
+                ResidualBlock(c1, c1, 1),
+                ResidualBlock(c1, c2, 2), ResidualBlock(c2, c2, 1),  # /8
+                ResidualBlock(c2, c3, 2), ResidualBlock(c3, c3, 1),  # /16
+                ResidualBlock(c3, c4, 1), ResidualBlock(c4, c4, 1),
+            )
         self.out = nn.Linear(c4, cfg.enc_width)
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.n_patches, cfg.enc_width))
         self.ln = nn.LayerNorm(cfg.enc_width)

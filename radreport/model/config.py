@@ -12,6 +12,8 @@ from typing import Any
 from radreport.data.labels import CHEXPERT_LABELS
 
 ARCHS: tuple[str, ...] = ("vit", "chexquery")
+PROJECTORS: tuple[str, ...] = ("linear", "mlp2")
+BACKBONE_SOURCES: tuple[str, ...] = ("timm", "torchvision")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,12 @@ class ModelConfig:
     condition and anatomy queries that cross-attend to the patches; see ``chexquery.py``).
     ``prompt_len`` > 0 makes the decoder read a prompt of that many tokens before BOS
     (the head's findings and the optional clinical context, see ``prompt.py``).
+
+    ``backbone`` (chexquery only) swaps the residual CNN for a standard network named as
+    timm or torchvision name it, truncated at stride 16 (``backbones.py``); its weights are
+    read from the local file ``backbone_checkpoint`` when a run starts, never downloaded.
+    ``projector`` maps encoder features to the decoder's width: one Linear, or seed 001's
+    Linear-GELU-Linear (``"mlp2"``).
     """
 
     vocab_size: int
@@ -55,6 +63,12 @@ class ModelConfig:
     n_anatomy_queries: int = 6
     lambda_query: float = 0.5  # condition/anatomy query attention vs their region masks
     prompt_len: int = 0
+    # Pretrained parts (backbones.py, hf_decoder.py); the defaults are the shipped model's.
+    backbone: str = ""  # "" = the residual CNN above; "timm:resnet50", "torchvision:resnet18"
+    backbone_checkpoint: str = ""  # local .pth/.pt/.safetensors read when a run starts
+    backbone_mean: float = 0.449  # input normalisation of the backbone: ImageNet's mean and
+    backbone_std: float = 0.226  # std averaged over RGB, as its first conv sums RGB weights
+    projector: str = "linear"  # encoder -> decoder width: "linear" | "mlp2" (seed 001)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -63,6 +77,7 @@ class ModelConfig:
         if self.arch == "chexquery" and (self.patch != 16 or len(self.conv_channels) != 5):
             raise ValueError("arch 'chexquery' has stride 16 (patch = 16) and five "
                              f"conv_channels, got patch {self.patch}, {self.conv_channels}")
+        self._check_pretrained()
         if self.image_size % self.patch:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of patch {self.patch}"
@@ -80,6 +95,22 @@ class ModelConfig:
                     f"grounding_layers {self.grounding_layers} must be a non-empty subset of "
                     f"range(dec_depth={self.dec_depth})"
                 )
+
+    def _check_pretrained(self) -> None:
+        if self.projector not in PROJECTORS:
+            raise ValueError(f"projector {self.projector!r} must be one of {PROJECTORS}")
+        if self.backbone_checkpoint and not self.backbone:
+            raise ValueError("backbone_checkpoint is set but backbone is not")
+        if not self.backbone:
+            return
+        source, _, name = self.backbone.partition(":")
+        if source not in BACKBONE_SOURCES or not name:
+            raise ValueError(f"backbone {self.backbone!r} must be 'timm:NAME' or "
+                             "'torchvision:NAME'")
+        if self.arch != "chexquery":
+            raise ValueError(f"backbone needs arch 'chexquery', got {self.arch!r}")
+        if self.backbone_std <= 0:
+            raise ValueError(f"backbone_std {self.backbone_std} must be positive")
 
     @property
     def memory_prefix(self) -> int:

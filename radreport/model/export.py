@@ -62,6 +62,10 @@ class EncoderGraph(nn.Module):
     def __init__(self, model: RadReportModel) -> None:
         super().__init__()
         self.model = model
+        # The exporter puts a module back in the mode it found it in, children included: a
+        # new wrapper is in training mode, so it would leave the model there and the next
+        # forward would update BatchNorm statistics with example images.
+        self.train(model.training)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         feats = self.model.encode(image)
@@ -83,6 +87,10 @@ class DecoderStepGraph(nn.Module):
     def __init__(self, model: RadReportModel) -> None:
         super().__init__()
         self.model = model
+        # The exporter puts a module back in the mode it found it in, children included: a
+        # new wrapper is in training mode, so it would leave the model there and the next
+        # forward would update BatchNorm statistics with example images.
+        self.train(model.training)
 
     def forward(self, tokens: Tensor, past_kv: Tensor,
                 memory_kv: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -235,6 +235,15 @@ class ModelOutput:
     loss_parts: dict[str, Tensor] = field(default_factory=dict)
 
 
+def projector(cfg: ModelConfig) -> nn.Module:
+    """Encoder features (C_enc) -> decoder width: one Linear, or seed 001's two-layer GELU
+    MLP, which gives pretrained encoder and decoder spaces a non-linear bridge."""
+    if cfg.projector == "mlp2":
+        return nn.Sequential(nn.Linear(cfg.enc_width, cfg.dec_width), nn.GELU(),
+                             nn.Linear(cfg.dec_width, cfg.dec_width))
+    return nn.Linear(cfg.enc_width, cfg.dec_width)
+
+
 class RadReportModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -245,7 +254,7 @@ class RadReportModel(nn.Module):
         else:
             self.encoder = ImageEncoder(config)
             self.label_head = nn.Linear(config.enc_width, config.n_labels)
-        self.proj = nn.Linear(config.enc_width, config.dec_width)
+        self.proj = projector(config)
         self.decoder = TextDecoder(config)
         self.apply(_init_weights)
         if isinstance(self.encoder, ImageEncoder):
