@@ -40,6 +40,7 @@ from radreport.model.cache import (
 from radreport.model.config import ModelConfig
 from radreport.model.data import Example, phantom_report_texts
 from radreport.model.model import RadReportModel
+from radreport.model.pretrained import load_pretrained, param_groups, prepare
 from radreport.model.tokenizer import ReportTokenizer
 
 PARTS: tuple[str, ...] = ("loss", "lm", "ground", "entropy", "label", "query")
@@ -85,6 +86,8 @@ class OptimConfig:
     device: str = "auto"
     bn_batches: int = 50  # training batches that recompute BatchNorm statistics each epoch
     init_from: str = ""  # a model folder whose ONNX weights and tokenizer start the run
+    backbone_lr_ratio: float = 1.0  # model.backbone's lr as a fraction of lr (pretrained.py)
+    freeze_backbone: bool = False  # model.backbone: no gradients, its BatchNorm stats fixed
 
 
 @dataclass(frozen=True)
@@ -555,9 +558,11 @@ def _build(config: TrainConfig, tokenizer: ReportTokenizer, out_dir: Path,
                               out_dir, progress, "render train", train=True)
     val_set = build_dataset(config.data.validate_seeds, tokenizer, model_config, config,
                             out_dir, progress, "render validate", train=False)
-    model = (_initial_model(config, model_config, train_set) if t.init_from
-             else RadReportModel(model_config)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    model = prepare(_initial_model(config, model_config, train_set) if t.init_from
+                    else load_pretrained(RadReportModel(model_config)),
+                    t.freeze_backbone).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.backbone_lr_ratio), lr=t.lr,
+                                  weight_decay=t.weight_decay)
     total = t.epochs * math.ceil(len(train_set) / t.batch_size)
     scheduler = make_scheduler(optimizer, t.warmup_steps, total, t.min_lr_ratio)
     amp_dtype = resolve_amp(t.amp, device)
