@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from radreport.model import distributed as ddp
 from radreport.model.cache import (
     ExampleOptions,
     LiveRecords,
@@ -73,7 +74,9 @@ class DataConfig:
 class OptimConfig:
     seed: int = 0
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int = 32  # global: split over ranks (torchrun) and grad_accum steps
+    grad_accum: int = 1  # forward/backward passes per optimizer step
+    compile: bool = False  # torch.compile the training forward
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
@@ -196,6 +199,7 @@ def _validate(config: TrainConfig) -> None:
     if t.amp not in AMP_CHOICES:
         raise ValueError(f"train.amp {t.amp!r} must be one of {AMP_CHOICES}")
     positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size,
+                "train.grad_accum": t.grad_accum,
                 "data.train_seeds count": d.train_seeds[1],
                 "data.validate_seeds count": d.validate_seeds[1],
                 "data.tokenizer_corpus": d.tokenizer_corpus}
@@ -287,21 +291,33 @@ def trim_padding(batch: Example, pad_id: int = 0) -> Example:
     return {k: (v[:, :length] if k in SEQUENCE_KEYS else v) for k, v in batch.items()}
 
 
-def train_step(model: RadReportModel, batch: Example, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, grad_clip: float,
-               amp_dtype: torch.dtype | None) -> tuple[dict[str, float], float]:
-    """One optimizer step; returns the loss parts and the gradient norm before clipping."""
+def train_step(model: torch.nn.Module, batch: Example | Sequence[Example],
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               grad_clip: float, amp_dtype: torch.dtype | None,
+               ) -> tuple[dict[str, float], float]:
+    """One optimizer step over one batch, or over several accumulated (gradients summed,
+    each batch weighted by its share of the examples, so the step sees their mean loss).
+    Returns the loss parts (that same mean) and the gradient norm before clipping.
+    ``model`` may be DDP-wrapped: only the last batch's backward all-reduces gradients."""
+    batches = [batch] if isinstance(batch, dict) else list(batch)
     device = next(model.parameters()).device
-    with autocast(device, amp_dtype):
-        out = model(**batch)
-    assert out.loss is not None
+    total = sum(b["images"].size(0) for b in batches)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(out.loss).backward()
+    sums = dict.fromkeys(PARTS, 0.0)
+    for i, micro in enumerate(batches):
+        weight = micro["images"].size(0) / total
+        with ddp.no_sync(model, sync=i == len(batches) - 1):
+            with autocast(device, amp_dtype):
+                out = model(**to_device(micro, device))
+            assert out.loss is not None
+            scaler.scale(out.loss * weight).backward()
+        for k, v in _parts(out.loss, out.loss_parts).items():
+            sums[k] = sums.get(k, 0.0) + v * weight
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    return _parts(out.loss, out.loss_parts), float(norm)
+    return sums, float(norm)
 
 
 def _parts(loss: Tensor, parts: dict[str, Tensor]) -> dict[str, float]:
@@ -338,8 +354,10 @@ def recalibrate_batchnorm(model: RadReportModel, loader: Iterable[Example], devi
 
 @torch.no_grad()
 def evaluate(model: RadReportModel, loader: Iterable[Example], device: torch.device,
-             amp_dtype: torch.dtype | None) -> dict[str, float]:
-    """Mean loss parts over a loader, weighted by batch size."""
+             amp_dtype: torch.dtype | None,
+             ctx: ddp.DistContext = ddp.SINGLE) -> dict[str, float]:
+    """Mean loss parts over a loader, weighted by batch size; under torchrun each rank
+    reads its shard and the sums are all-reduced, so every rank returns the same figures."""
     model.eval()
     sums = dict.fromkeys(PARTS, 0.0)
     count = 0
@@ -351,7 +369,8 @@ def evaluate(model: RadReportModel, loader: Iterable[Example], device: torch.dev
         for k, v in _parts(out.loss, out.loss_parts).items():
             sums[k] += v * n
         count += n
-    return {k: v / max(count, 1) for k, v in sums.items()}
+    *totals, examples = ddp.all_reduce_sum([*sums.values(), count], ctx)
+    return {k: v / max(examples, 1) for k, v in zip(sums, totals, strict=True)}
 
 
 # --- data -----------------------------------------------------------------------------
@@ -384,14 +403,21 @@ def build_dataset(seeds: tuple[int, int], tokenizer: ReportTokenizer, model_conf
 
 
 def make_loader(dataset: Dataset[Example], config: TrainConfig, shuffle_seed: int | None,
-                ) -> DataLoader[Example]:
-    """Shuffled by a generator of its own, so the order does not depend on RNG history."""
+                ctx: ddp.DistContext = ddp.SINGLE, epoch: int = 0) -> DataLoader[Example]:
+    """This rank's share, in batches of ``per_rank_batch``. Shuffled by ``shuffle_seed +
+    epoch`` (the sampler's ``set_epoch``), so the order does not depend on RNG history;
+    unshuffled (``None``) shards are not padded, so evaluation sees each example once."""
+    size = len(dataset)  # type: ignore[arg-type]
+    sampler: ddp.ShardSampler | ddp.EpochSampler = ddp.ShardSampler(size, ctx)
     generator = None
     if shuffle_seed is not None:
-        generator = torch.Generator().manual_seed(shuffle_seed)
+        sampler = ddp.train_sampler(size, ctx, shuffle_seed)
+        sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(shuffle_seed + epoch)  # worker seeds
+    t = config.train
+    batch_size = ddp.per_rank_batch(t.batch_size, ctx.world_size, t.grad_accum)
     workers = 0 if config.data.cache else config.data.num_workers
-    return DataLoader(dataset, batch_size=config.train.batch_size,
-                      shuffle=shuffle_seed is not None, generator=generator,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
                       num_workers=workers)
 
 
@@ -420,12 +446,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, model: RadReportModel, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    scaler: torch.amp.GradScaler, state: RunState, config: TrainConfig) -> None:
-    """Write to a temporary file first, so a crash never leaves a torn ``last.pt``."""
+                    scaler: torch.amp.GradScaler, state: RunState, config: TrainConfig,
+                    rng_ranks: list[dict[str, Any]] | None = None) -> None:
+    """Write to a temporary file first, so a crash never leaves a torn ``last.pt``.
+    ``rng_ranks``: every rank's RNG state, in rank order, for an exact torchrun resume."""
+    extra = {"rng_ranks": rng_ranks} if rng_ranks else {}
     payload = model.checkpoint(
         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
         scaler=scaler.state_dict(), epoch=state.epoch, step=state.step,
-        best_val=state.best_val, rng=rng_state(), train_config=config.to_dict(),
+        best_val=state.best_val, rng=rng_state(), train_config=config.to_dict(), **extra,
     )
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
@@ -477,29 +506,44 @@ class Trainer:
     amp_dtype: torch.dtype | None
     train_set: RecordDataset
     val_set: RecordDataset
+    net: torch.nn.Module  # what the step calls: ``model``, or it under DDP / torch.compile
+    ctx: ddp.DistContext = ddp.SINGLE
+    step_log: ddp.StepLog | None = None
     state: RunState = field(default_factory=RunState)
 
     def run_epoch(self, progress: bool) -> dict[str, float]:
-        """One pass over the shuffled train set; returns mean loss parts."""
+        """One pass over this rank's shard of the shuffled train set, ``grad_accum``
+        batches per optimizer step; returns mean loss parts over all ranks."""
         t = self.config.train
-        self.model.train()
+        self.net.train()
         self.train_set.epoch = self.state.epoch
-        loader = make_loader(self.train_set, self.config, shuffle_seed=t.seed * 1_000_003
-                             + self.state.epoch)
+        loader = make_loader(self.train_set, self.config, t.seed * 1_000_003, self.ctx,
+                             epoch=self.state.epoch)
         sums, n = dict.fromkeys(PARTS, 0.0), 0
-        bar = tqdm(loader, desc=f"epoch {self.state.epoch + 1}/{t.epochs}",
-                   disable=not progress, leave=False)
-        for batch in bar:
-            parts, _ = train_step(self.model, to_device(batch, self.device), self.optimizer,
-                                  self.scaler, t.grad_clip, self.amp_dtype)
+        bar = tqdm(ddp.chunks(loader, t.grad_accum), total=math.ceil(len(loader) / t.grad_accum),
+                   desc=f"epoch {self.state.epoch + 1}/{t.epochs}", disable=not progress,
+                   leave=False)
+        for group in bar:
+            lr = self._lr()
+            parts, norm = train_step(self.net, group, self.optimizer, self.scaler,
+                                     t.grad_clip, self.amp_dtype)
             self.scheduler.step()
             self.state.step += 1
             for k in PARTS:
                 sums[k] += parts[k]
             n += 1
             if self.state.step % max(1, t.log_every) == 0:
-                bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{self._lr():.2e}")
-        return {k: v / max(n, 1) for k, v in sums.items()}
+                logged = self._log_step(parts, norm, lr)
+                bar.set_postfix(loss=f"{logged['loss']:.3f}", lr=f"{lr:.2e}")
+        return ddp.mean_over_ranks({k: v / max(n, 1) for k, v in sums.items()}, self.ctx)
+
+    def _log_step(self, parts: dict[str, float], norm: float, lr: float) -> dict[str, float]:
+        """The step's loss parts averaged over ranks (all ranks call this), to steps.csv."""
+        logged = ddp.mean_over_ranks({**parts, "grad_norm": norm}, self.ctx)
+        if self.step_log is not None:
+            self.step_log.write({"epoch": self.state.epoch + 1, "step": self.state.step,
+                                 "lr": lr, **logged})
+        return logged
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -510,26 +554,41 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, progress: bo
     """Train (or resume) into ``out_dir``; returns the path of ``best.pt``.
 
     ``stop_after`` ends this call after that many epochs in total without changing the
-    schedule, as a time-limited job would; a later ``resume=True`` carries on.
+    schedule, as a time-limited job would; a later ``resume=True`` carries on. Under
+    ``torchrun`` (distributed.py) every rank calls this; rank 0 alone writes files.
     """
-    out_dir = Path(out_dir)
+    ctx = ddp.from_env()
+    device = ddp.rank_device(resolve_device(config.train.device), ctx)
+    started = ddp.init_process_group(ctx, device)
+    try:
+        return _train(config, Path(out_dir), resume, progress and ctx.is_main, stop_after,
+                      ctx)
+    finally:
+        ddp.shutdown(started)
+
+
+def _train(config: TrainConfig, out_dir: Path, resume: bool, progress: bool,
+           stop_after: int | None, ctx: ddp.DistContext) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / config.train.checkpoint_dir
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_FILE).write_text(config_to_toml(config))
+    if ctx.is_main:
+        (out_dir / CONFIG_FILE).write_text(config_to_toml(config))
     torch.manual_seed(config.train.seed)
-    tokenizer = _tokenizer(config, out_dir, resume)
-    trainer = _build(config, tokenizer, out_dir, progress)
+    with ddp.main_first(ctx):  # the other ranks read rank 0's tokenizer file
+        tokenizer = _tokenizer(config, out_dir, resume or not ctx.is_main)
+    trainer = _build(config, tokenizer, out_dir, progress, ctx)
     if resume:
         _resume(trainer, ckpt_dir / LAST)
     last_epoch = config.train.epochs if stop_after is None else min(stop_after,
                                                                     config.train.epochs)
-    log = MetricsLog(out_dir)
+    log = MetricsLog(out_dir) if ctx.is_main else None
     try:
         while trainer.state.epoch < last_epoch:
             _epoch(trainer, ckpt_dir, log, progress)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     return ckpt_dir / BEST
 
 
@@ -550,25 +609,31 @@ def model_config_for(config: TrainConfig, tokenizer: ReportTokenizer) -> ModelCo
 
 
 def _build(config: TrainConfig, tokenizer: ReportTokenizer, out_dir: Path,
-           progress: bool) -> Trainer:
+           progress: bool, ctx: ddp.DistContext = ddp.SINGLE) -> Trainer:
     t = config.train
     model_config = model_config_for(config, tokenizer)
-    device = resolve_device(t.device)
-    train_set = build_dataset(config.data.train_seeds, tokenizer, model_config, config,
-                              out_dir, progress, "render train", train=True)
-    val_set = build_dataset(config.data.validate_seeds, tokenizer, model_config, config,
-                            out_dir, progress, "render validate", train=False)
+    device = ddp.rank_device(resolve_device(t.device), ctx)
+    with ddp.main_first(ctx):  # rank 0 fills the on-disk cache; the others find it complete
+        train_set = build_dataset(config.data.train_seeds, tokenizer, model_config, config,
+                                  out_dir, progress, "render train", train=True)
+        val_set = build_dataset(config.data.validate_seeds, tokenizer, model_config, config,
+                                out_dir, progress, "render validate", train=False)
     model = prepare(_initial_model(config, model_config, train_set) if t.init_from
                     else load_pretrained(RadReportModel(model_config)),
                     t.freeze_backbone).to(device)
+    if ctx.enabled:  # BatchNorm statistics over the global batch, as on one process
+        model = typing.cast(RadReportModel, ddp.convert_sync_batchnorm(model, device))
+        torch.manual_seed(t.seed * 1_000_003 + ctx.rank)  # own dropout masks per rank
     optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.backbone_lr_ratio), lr=t.lr,
                                   weight_decay=t.weight_decay)
-    total = t.epochs * math.ceil(len(train_set) / t.batch_size)
+    total = t.epochs * ddp.steps_per_epoch(len(train_set), ctx.world_size, t.grad_accum,
+                                           t.batch_size)
     scheduler = make_scheduler(optimizer, t.warmup_steps, total, t.min_lr_ratio)
     amp_dtype = resolve_amp(t.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return Trainer(config, model, optimizer, scheduler, scaler, device, amp_dtype,
-                   train_set, val_set)
+                   train_set, val_set, ddp.wrap(model, ctx, device, t.compile), ctx,
+                   ddp.StepLog(out_dir, ctx))
 
 
 def _initial_model(config: TrainConfig, model_config: ModelConfig,
@@ -599,7 +664,9 @@ def _resume(trainer: Trainer, path: Path) -> None:
     trainer.scheduler.load_state_dict(ckpt["scheduler"])
     trainer.scaler.load_state_dict(ckpt["scaler"])
     trainer.state = RunState(ckpt["epoch"], ckpt["step"], ckpt["best_val"])
-    set_rng_state({k: _cpu(v) for k, v in ckpt["rng"].items()})
+    ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    rng = ranks[trainer.ctx.rank] if len(ranks) == trainer.ctx.world_size else ranks[0]
+    set_rng_state({k: _cpu(v) for k, v in rng.items()})
 
 
 def _cpu(value: Any) -> Any:
@@ -608,7 +675,7 @@ def _cpu(value: Any) -> Any:
     return value.cpu()
 
 
-def _epoch(trainer: Trainer, ckpt_dir: Path, log: MetricsLog, progress: bool) -> None:
+def _epoch(trainer: Trainer, ckpt_dir: Path, log: MetricsLog | None, progress: bool) -> None:
     """Train, validate, checkpoint, log: the order keeps ``last.pt`` ahead of the CSV."""
     start = time.perf_counter()
     lr = trainer._lr()
@@ -618,17 +685,19 @@ def _epoch(trainer: Trainer, ckpt_dir: Path, log: MetricsLog, progress: bool) ->
     row.update({f"train_{k}": v for k, v in train_parts.items()})
     every = max(1, trainer.config.train.eval_every_epoch)
     final = trainer.state.epoch == trainer.config.train.epochs
-    recalibrate_batchnorm(trainer.model, make_loader(trainer.train_set, trainer.config,
-                                                     shuffle_seed=7_919 + trainer.state.epoch),
-                          trainer.device, trainer.config.train.bn_batches)
+    t, ctx = trainer.config.train, trainer.ctx
+    recalibrate_batchnorm(trainer.model, make_loader(trainer.train_set, trainer.config, 7_919,
+                                                     ctx, epoch=trainer.state.epoch),
+                          trainer.device, t.bn_batches * t.grad_accum)
     if trainer.state.epoch % every == 0 or final:
-        loader = make_loader(trainer.val_set, trainer.config, shuffle_seed=None)
-        val = evaluate(trainer.model, loader, trainer.device, trainer.amp_dtype)
+        loader = make_loader(trainer.val_set, trainer.config, None, ctx)
+        val = evaluate(trainer.model, loader, trainer.device, trainer.amp_dtype, ctx)
         row.update({f"val_{k}": v for k, v in val.items()})
         _save_best(trainer, ckpt_dir, val["loss"])
     _save(trainer, ckpt_dir / LAST)
     row["seconds"] = time.perf_counter() - start
-    log.write(row)
+    if log is not None:
+        log.write(row)
     if progress:
         tqdm.write(_summary(row))
 
@@ -640,8 +709,12 @@ def _save_best(trainer: Trainer, ckpt_dir: Path, val_loss: float) -> None:
 
 
 def _save(trainer: Trainer, path: Path) -> None:
-    save_checkpoint(path, trainer.model, trainer.optimizer, trainer.scheduler, trainer.scaler,
-                    trainer.state, trainer.config)
+    """Rank 0 writes, with every rank's RNG state (all ranks must call this)."""
+    ranks = ddp.gather_objects(rng_state(), trainer.ctx)
+    if trainer.ctx.is_main:
+        save_checkpoint(path, trainer.model, trainer.optimizer, trainer.scheduler,
+                        trainer.scaler, trainer.state, trainer.config,
+                        rng_ranks=ranks if trainer.ctx.enabled else None)
 
 
 def _summary(row: dict[str, float]) -> str:
