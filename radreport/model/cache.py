@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -150,6 +150,9 @@ class StudyCache:
                        for name, (dtype, shape) in spec.fields().items()}
         self.done = self._open("done", "bool", ())
 
+    def __len__(self) -> int:
+        return len(self.seeds)
+
     def record(self, index: int) -> dict[str, np.ndarray]:
         if not self.done[index]:
             raise RuntimeError(f"study {self.seeds[index]} is not rendered; call build()")
@@ -201,11 +204,19 @@ class LiveRecords:
         self.seeds, self.spec, self.study_size, self.tokenizer = (list(seeds), spec,
                                                                   study_size, tokenizer)
 
+    def __len__(self) -> int:
+        return len(self.seeds)
+
     def record(self, index: int) -> dict[str, np.ndarray]:
         return _render_job((self.seeds[index], self.study_size, self.tokenizer, self.spec))
 
 
-RecordSource = StudyCache | LiveRecords
+class RecordSource(Protocol):
+    """Records by index: ``StudyCache``, ``LiveRecords``, ``records.DiskRecords``."""
+
+    def __len__(self) -> int: ...
+
+    def record(self, index: int) -> dict[str, np.ndarray]: ...
 
 
 def _render_job(job: tuple[int, int, ReportTokenizer, RecordSpec]) -> dict[str, np.ndarray]:
@@ -222,6 +233,7 @@ def file_hash(path: str | os.PathLike[str]) -> str:
 class ExampleOptions:
     context_dropout: float = 0.5  # chance of dropping each of indication and age/sex
     augment: float = 0.0  # intensity augmentation strength (gamma, noise); no flips
+    geometry: float = 0.0  # rotation/scale/shift strength, real datasets only; no flips
 
 
 class RecordDataset(Dataset[Example]):
@@ -237,13 +249,17 @@ class RecordDataset(Dataset[Example]):
         self.options, self.seed, self.train, self.epoch = options, seed, train, 0
 
     def __len__(self) -> int:
-        return len(self.records.seeds)
+        return len(self.records)
 
     def __getitem__(self, index: int) -> Example:
         a = self.records.record(index)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return make_record_example(a, self.tokenizer, self.config, rng,
                                    self.options if self.train else ExampleOptions(0.0, 0.0))
+
+    def unreadable(self) -> int:
+        """Images found unreadable and skipped (streamed datasets; rendered ones have none)."""
+        return 0
 
 
 def make_record_example(a: dict[str, np.ndarray], tokenizer: ReportTokenizer,
@@ -252,10 +268,11 @@ def make_record_example(a: dict[str, np.ndarray], tokenizer: ReportTokenizer,
     p = config.prompt_len
     prompt: list[int] = []
     if p:
+        sex, age = int(a["sex"]), int(a["age"])  # 2 and 255: unknown (real datasets)
         context = ClinicalContext(
             indication=None if rng.random() < options.context_dropout else "x",
-            age_years=None if rng.random() < options.context_dropout else int(a["age"]),
-            sex=None if rng.random() < options.context_dropout else "FM"[int(a["sex"])])
+            age_years=None if rng.random() < options.context_dropout or age == 255 else age,
+            sex=None if rng.random() < options.context_dropout or sex > 1 else "FM"[sex])
         prompt = tokenizer.encode_prompt(a["labels"].astype(bool).tolist(), context)
         if context.indication is not None:  # the stored indication ids, not "x"
             start = len(CHEXPERT_LABELS) + 2
@@ -264,6 +281,7 @@ def make_record_example(a: dict[str, np.ndarray], tokenizer: ReportTokenizer,
     tokens, targets = seq[:-1], seq[1:].clone()
     if p:
         targets[:p] = tokenizer.pad_id  # prompt and BOS are given, never predicted
+    targets[targets == tokenizer.unk_id] = tokenizer.pad_id  # never taught to write [UNK]
     sentence = torch.from_numpy(a["sentence"].astype(np.int64))
     ground = torch.from_numpy(a["ground"].copy())
     masks = torch.from_numpy(a["sentence_masks"].astype(np.float32) / 255.0)

@@ -328,8 +328,7 @@ class RadReportModel(nn.Module):
         zero = out.logits.new_zeros(())
         valid = targets != cfg.pad_id  # (B, T)
         parts = {
-            "lm": F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(),
-                                  ignore_index=cfg.pad_id),
+            "lm": lm_loss(out.logits, targets, cfg.pad_id),
             "ground": zero,
             "entropy": attention_entropy(out.cross_attn, valid),
             "label": zero,
@@ -379,6 +378,15 @@ class RadReportModel(nn.Module):
                 f"image size {images.size(-2)}x{images.size(-1)} does not match "
                 f"config.image_size {cfg.image_size}x{cfg.image_size}"
             )
+
+
+def lm_loss(logits: Tensor, targets: Tensor, pad_id: int) -> Tensor:
+    """Mean cross-entropy over non-PAD targets; zero for a batch without any (a batch of
+    studies without report text, such as CheXpert's), where the plain mean is 0/0 = NaN."""
+    # logits (B, T, V), targets (B, T)
+    summed = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id,
+                             reduction="sum")
+    return summed / (targets != pad_id).sum().clamp_min(1)
 
 
 def grounding_loss(cross_attn: Tensor, region_masks: Tensor, token_mask: Tensor) -> Tensor:

@@ -42,12 +42,14 @@ from radreport.model.config import ModelConfig
 from radreport.model.data import Example, phantom_report_texts
 from radreport.model.model import RadReportModel
 from radreport.model.pretrained import load_pretrained, param_groups, prepare
+from radreport.model.records import check_data_config, real_tokenizer, streaming_dataset
 from radreport.model.tokenizer import ReportTokenizer
 
 PARTS: tuple[str, ...] = ("loss", "lm", "ground", "entropy", "label", "query")
 METRIC_COLUMNS: tuple[str, ...] = (
     "epoch", "step", "lr",
     *(f"train_{p}" for p in PARTS), *(f"val_{p}" for p in PARTS), "seconds",
+    "unreadable",  # training images found unreadable and skipped so far
 )
 TOKENIZER_FILE, CONFIG_FILE, METRICS_FILE = "tokenizer.json", "config.toml", "metrics.csv"
 LAST, BEST = "last.pt", "best.pt"
@@ -58,16 +60,20 @@ LAST, BEST = "last.pt", "best.pt"
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "phantoms"
+    dataset: str = "phantoms"  # or mimic-cxr-jpg, iu-xray, chexpert (records.py), from root
+    root: str = ""  # the real dataset's folder, as open_dataset reads it
     train_seeds: tuple[int, int] = (0, 4000)  # (first, count) of the benchmark train split
     validate_seeds: tuple[int, int] = (1_000_000, 200)
     study_size: int = 512  # rendered at this size, then area-downsampled to model.image_size
     tokenizer_corpus: int = 2000  # the first N train reports build the vocabulary
-    num_workers: int = 2  # processes rendering the cache
+    min_word_count: int = 1  # rarer words of that corpus become [UNK] (never a target)
+    max_studies: int = 0  # real datasets: at most this many per split (0: all)
+    num_workers: int = 2  # processes rendering the cache, or reading a real dataset's images
     cache: bool = True  # render once into memmaps on disk; later epochs only read them
     cache_dir: str = ""  # "" = <run dir>/cache
     context_dropout: float = 0.5  # v2 prompt: chance of leaving out indication, age/sex
     augment: float = 0.0  # intensity augmentation strength; never flips (laterality)
+    augment_geometry: float = 0.0  # real datasets: rotation/scale/shift strength; no flips
 
 
 @dataclass(frozen=True)
@@ -194,8 +200,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 def _validate(config: TrainConfig) -> None:
     d, t = config.data, config.train
-    if d.dataset != "phantoms":
-        raise ValueError(f"data.dataset {d.dataset!r} is not supported; use 'phantoms'")
+    check_data_config(d)
     if t.amp not in AMP_CHOICES:
         raise ValueError(f"train.amp {t.amp!r} must be one of {AMP_CHOICES}")
     positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size,
@@ -379,6 +384,8 @@ def evaluate(model: RadReportModel, loader: Iterable[Example], device: torch.dev
 def build_tokenizer(config: TrainConfig) -> ReportTokenizer:
     """Vocabulary from train-split reports and indications only (text does not depend on
     size)."""
+    if config.data.dataset != "phantoms":
+        return real_tokenizer(config.data)
     first, count = config.data.train_seeds
     n = min(count, config.data.tokenizer_corpus)
     return ReportTokenizer.train(phantom_report_texts(range(first, first + n), size=256))
@@ -387,6 +394,10 @@ def build_tokenizer(config: TrainConfig) -> ReportTokenizer:
 def build_dataset(seeds: tuple[int, int], tokenizer: ReportTokenizer, model_config: ModelConfig,
                   config: TrainConfig, out_dir: Path, progress: bool, desc: str,
                   train: bool) -> RecordDataset:
+    """Phantom ``seeds`` (cached or live); a real dataset's train or validate split."""
+    if config.data.dataset != "phantoms":
+        return streaming_dataset(config.data, "train" if train else "validate", tokenizer,
+                                 model_config, config.train.seed, train, progress)
     first, count = seeds
     data = config.data
     spec = spec_for(model_config)
@@ -416,7 +427,8 @@ def make_loader(dataset: Dataset[Example], config: TrainConfig, shuffle_seed: in
         generator = torch.Generator().manual_seed(shuffle_seed + epoch)  # worker seeds
     t = config.train
     batch_size = ddp.per_rank_batch(t.batch_size, ctx.world_size, t.grad_accum)
-    workers = 0 if config.data.cache else config.data.num_workers
+    workers = 0 if config.data.cache and config.data.dataset == "phantoms" else (
+        config.data.num_workers)  # a real dataset's images are decoded in workers
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
                       num_workers=workers)
 
@@ -683,6 +695,7 @@ def _epoch(trainer: Trainer, ckpt_dir: Path, log: MetricsLog | None, progress: b
     trainer.state.epoch += 1
     row: dict[str, float] = {"epoch": trainer.state.epoch, "step": trainer.state.step, "lr": lr}
     row.update({f"train_{k}": v for k, v in train_parts.items()})
+    row["unreadable"] = trainer.train_set.unreadable()
     every = max(1, trainer.config.train.eval_every_epoch)
     final = trainer.state.epoch == trainer.config.train.epochs
     t, ctx = trainer.config.train, trainer.ctx

@@ -1,0 +1,80 @@
+"""Image files as the model sees them in training, decoded the way serving decodes them.
+
+Serving (``services.preprocess.imaging``) reads a PNG or JPEG through Pillow, upright per
+its EXIF orientation, 16-bit grayscale scaled by 65535 and anything else converted to
+8-bit grayscale scaled by 255, then letterboxes it into the model's square
+(``report.to_model_input``). Training on real datasets reads its files the same way, so
+a model meets the same pixels in training and in service. The model package does not
+import the services, so the few lines are repeated here rather than shared.
+
+Also here: the geometric augmentation for real datasets (small rotation, scale and
+shift). It never flips: laterality is part of what the report states.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from radreport.model.report import to_model_input
+
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, struct.error, EOFError,
+                 UnidentifiedImageError, Image.DecompressionBombError)
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded; ``reason`` never holds the path."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_image(path: str) -> np.ndarray:
+    """(H, W) float32 in [0, 1] from a PNG or JPEG file; ``UnreadableImage`` otherwise."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode in SIXTEEN_BIT_MODES:
+                pixels = np.asarray(upright, dtype=np.float32) / 65535.0
+            else:
+                pixels = np.asarray(upright.convert("L"), dtype=np.float32) / 255.0
+    except FileNotFoundError as err:
+        raise UnreadableImage("missing file") from err
+    except DECODE_ERRORS as err:
+        raise UnreadableImage(f"cannot decode: {type(err).__name__}") from err
+    if pixels.ndim != 2 or pixels.size == 0:
+        raise UnreadableImage(f"not a 2-D image: shape {pixels.shape}")
+    return np.clip(pixels, 0.0, 1.0)
+
+
+def read_model_image(path: str, size: int) -> np.ndarray:
+    """(size, size) float32: the file letterboxed into the model's square, as served."""
+    return to_model_input(read_image(path), size)[0]
+
+
+def augment_geometry(image: Tensor, strength: float, rng: np.random.Generator) -> Tensor:
+    """A random small rotation (up to 10 degrees x strength), scale (1 +- 0.1 x strength)
+    and shift (up to 5% of the side x strength) of a (1, H, W) image, zero filled.
+
+    The matrix is a rotation times a positive scale, so its determinant is positive:
+    never a mirror image.
+    """
+    if strength <= 0:
+        return image
+    angle = math.radians(rng.uniform(-10.0, 10.0) * strength)
+    scale = 1.0 + rng.uniform(-0.1, 0.1) * strength
+    shift = rng.uniform(-0.1, 0.1, size=2) * strength  # grid units: the side is 2
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    theta = torch.tensor([[[cos, -sin, shift[0]], [sin, cos, shift[1]]]], dtype=torch.float32)
+    grid = F.affine_grid(theta, [1, *image.shape], align_corners=False)
+    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[0]
