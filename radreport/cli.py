@@ -127,6 +127,11 @@ def export(
     variants = [v for v, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
     for path in write_model_folder(state, tokenizer_path, out, name, version, opset, variants):
         typer.echo(f"wrote {path}")
+    from radreport.model.tracking import log_model_folder
+
+    run = log_model_folder(checkpoint, out)
+    if run is not None:
+        typer.echo(f"attached {out} to MLflow run {run.run_id}")
 
 
 @app.command()
@@ -201,6 +206,7 @@ def evaluate(
     ] = False,
     ood_limit: Annotated[int, typer.Option(min=2, help="Test images per OOD transform.")
                          ] = 200,
+    mlflow_run: Annotated[str | None, typer.Option(help=MLFLOW_RUN_HELP)] = None,
 ) -> None:
     """Score the model and the baselines on the benchmark split; print one table (95% CIs)."""
     from radreport.eval.evaluate import (
@@ -256,8 +262,66 @@ def evaluate(
                    "rows": result.rows, "grounded_sentences": result.grounded_sentences,
                    "seconds": result.seconds}
         json_out.write_text(json.dumps(payload, indent=1))
+        _attach(mlflow_run, model_dir, [json_out], "evaluation")
     if ood:
         _evaluate_ood(model_dir, [c.image for c in cases[:ood_limit]])
+
+
+MLFLOW_RUN_HELP = ("Attach the JSON to this MLflow run: a run or model folder holding "
+                   "mlflow_run.json, or a run id on $MLFLOW_TRACKING_URI. Default: the run "
+                   "recorded in the model folder, if any.")
+
+
+def _attach(run: str | None, model_dir: Path, paths: list[Path], artifact_path: str) -> None:
+    from radreport.model.tracking import attach_reports
+
+    try:
+        ref = attach_reports(run, model_dir, paths, artifact_path)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--mlflow-run") from err
+    if ref is not None:
+        typer.echo(f"attached {', '.join(map(str, paths))} to MLflow run {ref.run_id}")
+
+
+@app.command()
+def gate(
+    model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                              help="The candidate model folder.")],
+    thresholds: Annotated[Path, typer.Option(exists=True, dir_okay=False, help=(
+        "Thresholds TOML; the phantom benchmark's: radreport/eval/thresholds/phantom-v2.toml"))],
+    dataset: Annotated[str, typer.Option(help="phantoms | mimic-cxr-jpg | iu-xray | chexpert")
+                       ] = "phantoms",
+    root: Annotated[Path | None, typer.Option(help="A real dataset's folder.")] = None,
+    split: Annotated[str, typer.Option(help="Held-out split.")] = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N studies.")] = None,
+    resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 1000,
+    ood_limit: Annotated[int, typer.Option(min=2, help="Test images per OOD transform.")
+                         ] = 200,
+    workers: Annotated[int, typer.Option(min=1, help="Processes rendering phantoms.")
+                       ] = os.cpu_count() or 1,
+    baseline_studies: Annotated[int, typer.Option(
+        min=1, help="Train studies whose mean organ masks are the blind baseline.")] = 200,
+    out: Annotated[Path, typer.Option(help="Folder for gate.json and gate.md.")] = Path("gate"),
+    mlflow_run: Annotated[str | None, typer.Option(help=MLFLOW_RUN_HELP)] = None,
+) -> None:
+    """Release gate: evaluate a candidate on a held-out split and check every threshold;
+    writes gate.json and gate.md, and exits 1 if any threshold is not met."""
+    from radreport.eval.gate import load_cases, load_thresholds, run_gate, write_reports
+
+    spec = load_thresholds(thresholds)
+    try:
+        cases, baseline, notes = load_cases(dataset, root, split, limit, workers,
+                                            baseline_studies)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--dataset/--root/--split") from err
+    result = run_gate(model_dir, cases, spec, dataset=dataset, split=split,
+                      resamples=resamples, ood_limit=ood_limit, baseline=baseline, notes=notes)
+    paths = list(write_reports(result, out))
+    typer.echo(paths[1].read_text())
+    _attach(mlflow_run, model_dir, paths, "gate")
+    if not result.passed:
+        typer.echo(f"gate FAILED: {', '.join(result.failures)}", err=True)
+        raise typer.Exit(1)
 
 
 def _evaluate_ood(model_dir: Path, images: list[np.ndarray]) -> None:

@@ -32,7 +32,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -243,5 +243,16 @@ def log_report(ref: RunRef, path: Path, artifact_path: str) -> None:
     Tracker(ref).log_artifact(path, artifact_path)
 
 
-__all__ = ["RUN_FILE", "RunRef", "Tracker", "find_run", "flatten", "log_model_folder",
-           "log_report", "open_run", "resolve_run", "tracking_uri"]
+def attach_reports(run: str | None, model_dir: Path, paths: Sequence[Path],
+                   artifact_path: str) -> RunRef | None:
+    """Reports of ``radreport evaluate``/``gate`` to ``--mlflow-run`` (``resolve_run``), or to
+    the run recorded in the model folder; None when neither names one."""
+    ref = resolve_run(run) if run else find_run(model_dir)
+    if ref is not None:
+        for path in paths:
+            log_report(ref, path, artifact_path)
+    return ref
+
+
+__all__ = ["RUN_FILE", "RunRef", "Tracker", "attach_reports", "find_run", "flatten",
+           "log_model_folder", "log_report", "open_run", "resolve_run", "tracking_uri"]
