@@ -273,17 +273,23 @@ def check_data_config(data: DataSettings) -> None:
             raise ValueError("data.augment_geometry is for real datasets: it would move a "
                              "phantom's image away from its region masks")
         return
-    if not data.root or not Path(data.root).is_dir():
-        raise ValueError(f"data.root {data.root!r} must be the {data.dataset} folder")
     if data.min_word_count < 1 or data.max_studies < 0:
         raise ValueError("data.min_word_count must be at least 1, data.max_studies at least 0")
     if not 0.0 <= data.augment_geometry <= 1.0:
         raise ValueError(f"data.augment_geometry {data.augment_geometry} must be in [0, 1]")
 
 
+def dataset_root(data: DataSettings) -> Path:
+    """``data.root``, checked when the run starts (a config file may leave it to --set)."""
+    if not data.root or not Path(data.root).is_dir():
+        raise ValueError(f"data.root {data.root!r} must be the {data.dataset} folder")
+    return Path(data.root)
+
+
 def real_tokenizer(data: DataSettings) -> ReportTokenizer:
     """The report vocabulary of the train split's texts (the v2 prompt's tokens always
     included); words seen fewer than ``min_word_count`` times are [UNK]."""
+    dataset_root(data)
     texts = corpus_texts(data.dataset, data.root, data.tokenizer_corpus)
     return ReportTokenizer.train(texts, min_frequency=data.min_word_count)
 
@@ -293,7 +299,7 @@ def streaming_dataset(data: DataSettings, split: str, tokenizer: ReportTokenizer
                       progress: bool) -> StreamingDataset:
     """One split of a real dataset, its images read from disk in DataLoader workers."""
     spec = spec_for(model_config)
-    arrays = read_arrays(data.dataset, data.root, split, tokenizer, spec.report_len,
+    arrays = read_arrays(data.dataset, dataset_root(data), split, tokenizer, spec.report_len,
                          data.max_studies)
     if len(arrays.paths) == 0:
         raise ValueError(f"{data.dataset} at data.root has no {split} studies with an image "

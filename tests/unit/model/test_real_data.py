@@ -227,15 +227,17 @@ def test_geometric_augmentation_never_mirrors() -> None:
         assert centre < 20, (seed, centre)  # still on the left, about where it was
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ('data.dataset="nih"', "must be one of"),
-    ('data.root="/nonexistent"', "data.root"),
-])
-def test_config_errors_name_the_key(override: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        config("mimic-cxr-jpg", FIXTURES / "mimic-cxr-jpg", override)
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="must be one of"):
+        config("nih", FIXTURES / "mimic-cxr-jpg")
     with pytest.raises(ValueError, match="augment_geometry"):
         load_config(TINY, ["data.augment_geometry=0.5"])  # phantoms: masks would not follow
+    shipped = Path(__file__).parents[3] / "radreport" / "model" / "configs" / "mimic-cxr.toml"
+    example = load_config(shipped)  # its root is left to --set data.root=...
+    with pytest.raises(ValueError, match=r"data\.root '' must be the mimic-cxr-jpg folder"):
+        train(example, tmp_path, progress=False)
+    given = load_config(shipped, [f'data.root="{FIXTURES / "mimic-cxr-jpg"}"'])
+    assert given.data.dataset == "mimic-cxr-jpg" and given.model["max_len"] == 284
 
 
 # --- what a study without text, sex or age teaches -----------------------------------------
@@ -272,3 +274,12 @@ def test_a_batch_without_text_has_zero_lm_loss_and_trains_the_head() -> None:
     assert parts["lm"] == 0.0 and parts["label"] > 0
     out.loss.backward()
     assert model.label_head.weight.grad is not None and model.label_head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(3056, 2544), (37, 64), (64, 64), (20, 31)])
+def test_training_images_are_the_served_square(shape: tuple[int, int]) -> None:
+    from radreport.model.images import letterbox
+    from radreport.model.report import to_model_input
+
+    image = np.random.default_rng(0).random(shape, dtype=np.float32)
+    np.testing.assert_allclose(letterbox(image, 64), to_model_input(image, 64)[0], atol=1e-5)
