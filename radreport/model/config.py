@@ -13,6 +13,8 @@ from radreport.data.labels import CHEXPERT_LABELS
 
 ARCHS: tuple[str, ...] = ("vit", "chexquery")
 PROJECTORS: tuple[str, ...] = ("linear", "mlp2")
+DECODERS: tuple[str, ...] = ("native", "hf")
+DEC_ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh")
 BACKBONE_SOURCES: tuple[str, ...] = ("timm", "torchvision")
 
 
@@ -30,7 +32,8 @@ class ModelConfig:
     timm or torchvision name it, truncated at stride 16 (``backbones.py``); its weights are
     read from the local file ``backbone_checkpoint`` when a run starts, never downloaded.
     ``projector`` maps encoder features to the decoder's width: one Linear, or seed 001's
-    Linear-GELU-Linear (``"mlp2"``).
+    Linear-GELU-Linear (``"mlp2"``). ``decoder = "hf"`` starts the decoder from the
+    GPT-2-style model in the local Hugging Face folder ``decoder_path`` (``hf_decoder.py``).
     """
 
     vocab_size: int
@@ -69,6 +72,9 @@ class ModelConfig:
     backbone_mean: float = 0.449  # input normalisation of the backbone: ImageNet's mean and
     backbone_std: float = 0.226  # std averaged over RGB, as its first conv sums RGB weights
     projector: str = "linear"  # encoder -> decoder width: "linear" | "mlp2" (seed 001)
+    decoder: str = "native"  # "hf": decoder weights from the GPT-2 folder decoder_path
+    decoder_path: str = ""  # local Hugging Face folder (config.json, model.safetensors)
+    dec_activation: str = "gelu"  # decoder MLP: "gelu" | "gelu_tanh" (GPT-2's gelu_new)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -99,6 +105,13 @@ class ModelConfig:
     def _check_pretrained(self) -> None:
         if self.projector not in PROJECTORS:
             raise ValueError(f"projector {self.projector!r} must be one of {PROJECTORS}")
+        if self.decoder not in DECODERS or self.dec_activation not in DEC_ACTIVATIONS:
+            raise ValueError(f"decoder {self.decoder!r} / dec_activation {self.dec_activation!r}"
+                             f" must be one of {DECODERS} / {DEC_ACTIVATIONS}")
+        if (self.decoder == "hf") != bool(self.decoder_path):
+            raise ValueError("decoder = 'hf' and decoder_path go together")
+        if self.decoder == "hf" and not self.tie_weights:
+            raise ValueError("decoder = 'hf' ties the LM head to the token embedding, as GPT-2")
         if self.backbone_checkpoint and not self.backbone:
             raise ValueError("backbone_checkpoint is set but backbone is not")
         if not self.backbone:

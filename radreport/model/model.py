@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from radreport.model.chexquery import CheXQueryEncoder, region_kl
 from radreport.model.config import ModelConfig
+from radreport.model.lora import merge_lora
 
 KV = tuple[Tensor, Tensor]  # keys, values: (B, h, S, d) each
 
@@ -97,14 +98,15 @@ class CrossAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, width: int, ratio: int, dropout: float) -> None:
+    def __init__(self, width: int, ratio: int, dropout: float, activation: str = "gelu") -> None:
         super().__init__()
         self.fc = nn.Linear(width, ratio * width)
         self.out = nn.Linear(ratio * width, width)
         self.drop = nn.Dropout(dropout)
+        self.approximate = "tanh" if activation == "gelu_tanh" else "none"  # GPT-2: tanh
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.out(F.gelu(self.fc(x))))
+        return self.drop(self.out(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class EncoderBlock(nn.Module):
@@ -132,7 +134,7 @@ class DecoderBlock(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.dec_width)
         self.cross_attn = CrossAttention(cfg.dec_width, cfg.dec_heads, cfg.dropout)
         self.ln3 = nn.LayerNorm(cfg.dec_width)
-        self.mlp = MLP(cfg.dec_width, cfg.mlp_ratio, cfg.dropout)
+        self.mlp = MLP(cfg.dec_width, cfg.mlp_ratio, cfg.dropout, cfg.dec_activation)
 
     def forward(self, x: Tensor, memory_kv: KV, cache: KV | None) -> tuple[Tensor, Tensor, KV]:
         # x (B, T, C) -> x (B, T, C), cross weights (B, h, T, N), self-attn cache
@@ -361,7 +363,7 @@ class RadReportModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> RadReportModel:
         model = cls(ModelConfig.from_dict(checkpoint["config"]))
-        model.load_state_dict(checkpoint["state_dict"])
+        model.load_state_dict(merge_lora(checkpoint["state_dict"]))  # LoRA runs: merged
         return model
 
     def num_params(self) -> int:

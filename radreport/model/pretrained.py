@@ -7,26 +7,40 @@ rebuilds its model from ``ModelConfig`` alone, on machines that do not have the 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from radreport.model.backbones import backbone_of, freeze, load_backbone
+from radreport.model.hf_decoder import load_hf_decoder
+from radreport.model.lora import add_lora
 from radreport.model.model import RadReportModel
 
+log = logging.getLogger(__name__)
 
-def load_pretrained(model: RadReportModel) -> RadReportModel:
-    """Fill the parts ``model.config`` names from their local files (in place)."""
+
+def load_pretrained(model: RadReportModel, words: Sequence[str] | None = None
+                    ) -> RadReportModel:
+    """Fill the parts ``model.config`` names from their local files (in place); ``words``
+    (our vocabulary, by id) start a pretrained decoder's token embeddings."""
     cfg = model.config
     trunk = backbone_of(model)
     if trunk is not None and cfg.backbone_checkpoint:
         load_backbone(trunk, cfg.backbone_checkpoint)
+    if cfg.decoder == "hf":
+        fresh = load_hf_decoder(model.decoder, cfg.decoder_path, words)
+        log.info("decoder from %s; %d parts start fresh", cfg.decoder_path, len(fresh))
     return model
 
 
-def prepare(model: RadReportModel, freeze_backbone: bool) -> RadReportModel:
+def prepare(model: RadReportModel, freeze_backbone: bool = False, lora_rank: int = 0,
+            lora_alpha: int = 16, lora_dropout: float = 0.0) -> RadReportModel:
     """Training-time switches that are not part of the model's function."""
     trunk = backbone_of(model)
+    if lora_rank:
+        add_lora(model, lora_rank, lora_alpha, lora_dropout)
     if freeze_backbone:
         if trunk is None:
             raise ValueError("train.freeze_backbone needs model.backbone")

@@ -97,6 +97,9 @@ class OptimConfig:
     init_from: str = ""  # a model folder whose ONNX weights and tokenizer start the run
     backbone_lr_ratio: float = 1.0  # model.backbone's lr as a fraction of lr (pretrained.py)
     freeze_backbone: bool = False  # model.backbone: no gradients, its BatchNorm stats fixed
+    lora_rank: int = 0  # > 0: LoRA (peft) on the decoder's self-attention and MLP (lora.py)
+    lora_alpha: int = 16  # LoRA updates are scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -631,8 +634,9 @@ def _build(config: TrainConfig, tokenizer: ReportTokenizer, out_dir: Path,
         val_set = build_dataset(config.data.validate_seeds, tokenizer, model_config, config,
                                 out_dir, progress, "render validate", train=False)
     model = prepare(_initial_model(config, model_config, train_set) if t.init_from
-                    else load_pretrained(RadReportModel(model_config)),
-                    t.freeze_backbone).to(device)
+                    else load_pretrained(RadReportModel(model_config), [
+                        tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]),
+                    t.freeze_backbone, t.lora_rank, t.lora_alpha, t.lora_dropout).to(device)
     if ctx.enabled:  # BatchNorm statistics over the global batch, as on one process
         model = typing.cast(RadReportModel, ddp.convert_sync_batchnorm(model, device))
         torch.manual_seed(t.seed * 1_000_003 + ctx.rank)  # own dropout masks per rank
