@@ -361,6 +361,10 @@ def fit_safety_command(
     variant: Annotated[str, typer.Option(
         help="Precision variant whose outputs are calibrated (int8, fp16: writes "
         "calibration.<variant>.json).")] = "fp32",
+    dataset: Annotated[str, typer.Option(
+        help="phantoms, or the real dataset the model was trained on: mimic-cxr-jpg, "
+        "iu-xray, chexpert (with --root).")] = "phantoms",
+    root: Annotated[Path | None, typer.Option(help="The real dataset's folder.")] = None,
 ) -> None:
     """Calibrate a model folder on the validate split: temperatures, thresholds, uncertain
     bands and the OOD gate (writes calibration.json; never reads the test split)."""
@@ -369,9 +373,21 @@ def fit_safety_command(
 
     if variant not in VARIANTS:
         raise typer.BadParameter(f"expected one of {VARIANTS}", param_hint="--variant")
-    fit = fit_safety(model, validate, train, workers, critical_sensitivity,
-                     max_review_rate=max_review_rate, ood_flag_rate=ood_flag_rate,
-                     variant=variant)
+    if dataset == "phantoms":
+        fit = fit_safety(model, validate, train, workers, critical_sensitivity,
+                         max_review_rate=max_review_rate, ood_flag_rate=ood_flag_rate,
+                         variant=variant)
+    else:
+        from radreport.model.fit_safety_data import fit_safety_on_dataset
+
+        if root is None or not root.is_dir():
+            raise typer.BadParameter(f"--root must be the {dataset} folder", param_hint="--root")
+        fitted = fit_safety_on_dataset(model, dataset, root, validate, train,
+                                       critical_sensitivity, max_review_rate=max_review_rate,
+                                       ood_flag_rate=ood_flag_rate, variant=variant)
+        fit = fitted.fit
+        typer.echo(f"{dataset}: {len(fit.validate.labels)} validate studies, "
+                   f"{fitted.unreadable} unreadable images skipped")
     calibration = fit.net.calibration
     assert calibration is not None
     for name, label in zip(calibration.labels, calibration.per_label, strict=True):

@@ -99,6 +99,17 @@ def fit_safety(model_dir: str | Path, validate_count: int = 1000, train_count: i
     validate = encode_seeds(generator, benchmark_split("validate").seeds[:validate_count],
                             workers)
     train = encode_seeds(generator, benchmark_split("train").seeds[:train_count], workers)
+    return fit_encoded(folder, generator, validate, train, critical_sensitivity,
+                       min_specificity, max_review_rate, ood_flag_rate, variant)
+
+
+def fit_encoded(folder: Path, generator: ReportGenerator, validate: EncodedSplit,
+                train: EncodedSplit,
+                critical_sensitivity: float = 1.0, min_specificity: float = 0.9,
+                max_review_rate: float = 0.2, ood_flag_rate: float = 0.01,
+                variant: Variant = "fp32") -> SafetyFit:
+    """The fit itself, on splits already encoded (phantoms above; a real dataset's in
+    ``fit_safety_data.py``), written into ``folder`` (the generator's)."""
     calibration = Calibration.fit(
         logits_from_probs(validate.label_probs), validate.labels, generator.info.labels,
         critical_sensitivity=critical_sensitivity, min_specificity=min_specificity,

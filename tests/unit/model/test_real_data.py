@@ -283,3 +283,25 @@ def test_training_images_are_the_served_square(shape: tuple[int, int]) -> None:
 
     image = np.random.default_rng(0).random(shape, dtype=np.float32)
     np.testing.assert_allclose(letterbox(image, 64), to_model_input(image, 64)[0], atol=1e-5)
+
+
+def test_fit_safety_refits_on_the_datasets_own_splits(runs: dict[str, Path],
+                                                       roots: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    from radreport.model.export import write_model_folder
+    from radreport.model.fit_safety_data import encode_split
+
+    run, folder = runs["chexpert"], tmp_path / "model"
+    write_model_folder(torch.load(run / "best.pt", weights_only=True), run / "tokenizer.json",
+                       folder, "chexpert-test", "0")
+    result = CliRunner().invoke(app, ["fit-safety", "--model", str(folder), "--dataset",
+                                      "chexpert", "--root", str(roots["chexpert"]),
+                                      "--validate", "50", "--train", "50"])
+    assert result.exit_code == 0, result.output
+    assert "chexpert: 2 validate studies, 0 unreadable images skipped" in result.output
+    generator = ReportGenerator(folder)
+    assert generator.safety_net.calibration is not None and generator.safety_net.ood is not None
+    validate, _ = encode_split(generator, "chexpert", roots["chexpert"], "validate", 50)
+    expected = [training_labels(r)[0] for r in split_records("chexpert", roots["chexpert"],
+                                                             "validate")]
+    np.testing.assert_array_equal(validate.labels, np.stack(expected))  # the labels trained on
