@@ -164,3 +164,29 @@ def test_gate_fails_a_weakened_model_and_names_the_rows(untrained_model: Path,
     assert report["failures"] == [m for m, s in status.items() if s != "pass"]
     assert f"gate FAILED: {', '.join(report['failures'])}" in result.output
     assert "# Release gate: FAILED" in (out / "gate.md").read_text()
+
+
+def test_real_dataset_rows_without_masks_are_not_measurable(tmp_path: Path) -> None:
+    """MIMIC-CXR-JPG layout (the fixture, its 32 px images enlarged to 256 px so serving's
+    decoder accepts them): labels from the dataset, grounding not measurable."""
+    import shutil
+
+    from PIL import Image
+
+    from radreport.eval.gate import load_cases, run_gate
+
+    root = tmp_path / "mimic"
+    shutil.copytree(Path(__file__).parents[2] / "fixtures" / "datasets" / "mimic-cxr-jpg", root)
+    for jpg in root.rglob("*.jpg"):
+        with Image.open(jpg) as img:
+            img.convert("L").resize((256, 256)).save(jpg)
+    cases, baseline, notes = load_cases("mimic-cxr-jpg", root, "test", None, 1)
+    assert len(cases) == 2 and baseline is None and "CheXpert labels" in notes[0]
+    spec = Thresholds("real", "", (
+        Threshold("Clinical F1 (micro)", 0.0, "min"), Threshold("Grounding IoU", 0.6, "min"),
+        Threshold("Pointing game", 0.97, "min", not_measurable="pass")))
+    result = run_gate(DEFAULT_MODEL_DIR, cases, spec, dataset="mimic-cxr-jpg", split="test",
+                      resamples=10, ood_limit=2, baseline=baseline, notes=notes)
+    assert [r.status for r in result.rows] == ["pass", "not measurable", "pass"]
+    assert result.rows[1].value is None and result.failures == ["Grounding IoU"]
+    assert "BLEU-4" in result.measured  # MIMIC has report text
