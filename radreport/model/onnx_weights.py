@@ -61,7 +61,11 @@ def _initializers(path: Path) -> tuple[onnx.GraphProto, dict[str, np.ndarray]]:
 
 
 def _batchnorm_of(conv: str) -> str:
+    """The BatchNorm after a Conv: the next index in a Sequential (``net.0.0`` ->
+    ``net.0.1``), or a ResNet backbone's ``convN`` -> ``bnN`` (backbones.py)."""
     head, _, index = conv.rpartition(".")
+    if index.startswith("conv"):
+        return f"{head}.bn{index[4:]}"
     return f"{head}.{int(index) + 1}"
 
 

@@ -13,10 +13,12 @@ from tiny import tiny_config
 
 from radreport.model.backbones import FrozenBatchNorm2d, ResNetTrunk, backbone_of
 from radreport.model.config import ModelConfig
-from radreport.model.export import export_onnx, stack_kv, unstack_kv
+from radreport.model.export import export_onnx, stack_kv, unstack_kv, write_model_folder
 from radreport.model.model import RadReportModel
 from radreport.model.onnx_runtime import OnnxReportModel
+from radreport.model.onnx_weights import recover_model
 from radreport.model.pretrained import load_pretrained, param_groups, prepare
+from radreport.model.tokenizer import ReportTokenizer
 
 ATOL = 1e-4
 
@@ -181,3 +183,22 @@ def test_export_leaves_the_model_as_it_was(tmp_path: Path) -> None:
     assert not model.training
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed == []
+
+
+def test_backbone_model_folder_recovers_for_fine_tuning(
+        saved: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path) -> None:
+    """train.init_from reads a model folder back (onnx_weights.py): a ResNet trunk's
+    BatchNorms are found after ``convN`` as ``bnN``, the mlp2 projector by its scope."""
+    tokenizer = ReportTokenizer.train(["No acute process.", "Small left effusion."])
+    tokenizer.save(tmp_path / "tokenizer.json")
+    torch.manual_seed(4)
+    cfg = backbone_config(saved[0], vocab_size=tokenizer.vocab_size)
+    model = load_pretrained(RadReportModel(cfg)).eval()
+    write_model_folder(model.checkpoint(), tmp_path / "tokenizer.json", tmp_path / "folder",
+                       "pretrained-test", "0")
+    recovered = recover_model(tmp_path / "folder", [torch.rand(4, 1, 64, 64)]).eval()
+    images = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        want, got = model.encode(images), recovered.encode(images)
+    torch.testing.assert_close(got.memory, want.memory, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.label_logits, want.label_logits, atol=1e-5, rtol=0)
