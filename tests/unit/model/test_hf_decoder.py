@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_pretrained import resnet18_state
 from tiny import tiny_config
 from tokenizers import ByteLevelBPETokenizer, Tokenizer
 
@@ -17,6 +18,7 @@ from radreport.model.model import RadReportModel
 from radreport.model.onnx_runtime import OnnxReportModel
 from radreport.model.pretrained import load_pretrained, param_groups, prepare
 from radreport.model.tokenizer import ReportTokenizer
+from radreport.model.train import load_config, train
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
@@ -25,6 +27,7 @@ TEXTS = ["No acute cardiopulmonary process.", "Small left pleural effusion.",
          "Right lower lobe consolidation concerning for pneumonia.",
          "Heart size is normal. No pneumothorax."]
 HF_VOCAB, WIDTH, LAYERS, HEADS = 300, 32, 2, 2
+TINY = Path(__file__).parents[3] / "radreport" / "model" / "configs" / "tiny.toml"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bpe.train_from_iterator(TEXTS, vocab_size=HF_VOCAB, min_frequency=1, show_progress=False)
     bpe.save(str(out / "tokenizer.json"))
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=HF_VOCAB, n_positions=64, n_embd=WIDTH,
+    config = transformers.GPT2Config(vocab_size=HF_VOCAB, n_positions=192, n_embd=WIDTH,
                                      n_layer=LAYERS, n_head=HEADS, add_cross_attention=True,
                                      bos_token_id=0, eos_token_id=0)
     model = transformers.GPT2LMHeadModel(config)
@@ -144,3 +147,28 @@ def test_lora_trains_merges_and_exports(folder: Path, words: ReportTokenizer,
     np.testing.assert_allclose(encoded.memory_kv, stack_kv(kv).numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(logits, ref.logits.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(attn, ref.cross_attn.numpy(), atol=1e-4, rtol=0)
+
+
+def test_training_run_starts_from_the_pretrained_parts(folder: Path, tmp_path: Path) -> None:
+    """``radreport train``'s loop: backbone and decoder read from their files, the frozen
+    backbone out of the optimizer, LoRA adapters in the checkpoint, merged on reading."""
+    torch.save(resnet18_state(), tmp_path / "resnet18.pth")
+    config = load_config(TINY, [
+        'train.device="cpu"', 'model.arch="chexquery"', "model.patch=16",
+        'model.backbone="torchvision:resnet18"',
+        f'model.backbone_checkpoint="{tmp_path / "resnet18.pth"}"', 'model.projector="mlp2"',
+        'model.decoder="hf"', f'model.decoder_path="{folder}"', 'model.dec_activation="gelu_tanh"',
+        f"model.dec_depth={LAYERS}", f"model.dec_width={WIDTH}", f"model.dec_heads={HEADS}",
+        "train.freeze_backbone=true", "train.lora_rank=2", "train.backbone_lr_ratio=0.1"])
+    train(config, tmp_path / "run", progress=False)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    state, saved = ckpt["state_dict"], resnet18_state()
+    for key in ("layer3.1.conv2.weight", "layer2.0.downsample.1.running_var"):
+        assert torch.equal(state[f"encoder.cnn.net.{key}"], saved[key])
+    c_attn = transformers.GPT2LMHeadModel.from_pretrained(str(folder)).transformer.h[0]
+    assert torch.equal(state["decoder.blocks.0.self_attn.qkv.base_layer.weight"],
+                       c_attn.attn.c_attn.weight.detach().T)
+    assert "decoder.blocks.1.mlp.fc.lora_A.default.weight" in state
+    assert [g["name"] for g in ckpt["optimizer"]["param_groups"]] == ["new"]
+    merged = RadReportModel.from_checkpoint(ckpt)
+    assert not any("lora" in k for k in merged.state_dict())
