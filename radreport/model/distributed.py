@@ -170,6 +170,28 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
 # --- the model ------------------------------------------------------------------------
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose gradient is the all-reduced gradient: every rank's loss
+    depends on every rank's input through the sum."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+def sum_over_ranks(tensor: Tensor) -> Tensor:
+    out: Tensor = _SumOverRanks.apply(tensor)
+    return out
+
+
 class GlooSyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics span all ranks, for CPU (gloo) runs, where
     ``nn.SyncBatchNorm`` refuses to run. Two passes (mean, then squared deviations) through
@@ -179,8 +201,7 @@ class GlooSyncBatchNorm2d(nn.BatchNorm2d):
     def forward(self, input: Tensor) -> Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = sum_over_ranks
         x = input.float()  # statistics in fp32 under autocast too
         dims = (0, 2, 3)
         count = all_reduce(x.new_tensor([x.numel() / x.size(1)]))
