@@ -9,6 +9,7 @@ non-zero with the failing comparison otherwise.
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,8 @@ def main() -> None:
     images = torch.randn(6, 3, 7, 7) * 2.0 + 0.5
     weights = torch.randn(6, 4, 5, 5)  # a loss that is not symmetric in the outputs
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=None))
-    synced = convert_sync_batchnorm(copy.deepcopy(plain), torch.device("cpu"))
+    synced = cast(nn.Sequential, convert_sync_batchnorm(copy.deepcopy(plain),
+                                                        torch.device("cpu")))
     assert isinstance(synced[1], GlooSyncBatchNorm2d)
     assert synced.state_dict().keys() == plain.state_dict().keys()
 
