@@ -113,7 +113,9 @@ def markdown(result: Fairness, title: str, notes: Sequence[str], plots: Sequence
              f"value form the group '{UNKNOWN}'. A gap is a group's value minus that of all "
              f"other studies (and best minus worst group); it is flagged when it exceeds "
              f"{result.margin:g} in absolute value. Lower is better for: "
-             f"{', '.join(sorted(LOWER_IS_BETTER))}.", "", *notes, "",
+             f"{', '.join(sorted(LOWER_IS_BETTER))}. Best and worst groups are picked on "
+             "their point estimates, so a best-worst interval is optimistic (not corrected "
+             "for the choice). fairness.json holds every gap, flagged or not.", "", *notes, "",
              f"## Flagged gaps ({len(result.flagged)})", ""]
     lines += [_gap_line(g) for g in result.flagged] or ["None beyond the margin."]
     lines += ["", "## All studies", "", "| metric | value |", "| --- | --- |"]
