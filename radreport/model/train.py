@@ -6,7 +6,8 @@ epoch), ``best.pt`` (lowest validation loss) and ``metrics.csv`` (one row per ep
 Phantom studies are slow to render, so by default every item is rendered once, up front,
 into an in-memory cache (float16) and later epochs only index tensors. Shuffling uses a
 generator seeded by ``(seed, epoch)`` and the global torch RNG is checkpointed, so on CPU
-"train 2 epochs" and "train 1, resume, train 1" give the same weights.
+"train 2 epochs" and "train 1, resume, train 1" give the same weights. The optimizer step,
+evaluation and BatchNorm re-estimation live in steps.py; torchrun support in distributed.py.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import time
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -43,10 +42,18 @@ from radreport.model.data import Example, phantom_report_texts
 from radreport.model.model import RadReportModel
 from radreport.model.pretrained import load_pretrained, param_groups, prepare
 from radreport.model.records import check_data_config, real_tokenizer, streaming_dataset
+from radreport.model.steps import (
+    PARTS,
+    evaluate,
+    lr_factor,
+    make_scheduler,
+    recalibrate_batchnorm,
+    resolve_amp,
+    resolve_device,
+    train_step,
+)
 from radreport.model.tokenizer import ReportTokenizer
-from radreport.model.tracking import Tracker, open_run
 
-PARTS: tuple[str, ...] = ("loss", "lm", "ground", "entropy", "label", "query")
 METRIC_COLUMNS: tuple[str, ...] = (
     "epoch", "step", "lr",
     *(f"train_{p}" for p in PARTS), *(f"val_{p}" for p in PARTS), "seconds",
@@ -98,7 +105,6 @@ class OptimConfig:
     init_from: str = ""  # a model folder whose ONNX weights and tokenizer start the run
     backbone_lr_ratio: float = 1.0  # model.backbone's lr as a fraction of lr (pretrained.py)
     freeze_backbone: bool = False  # model.backbone: no gradients, its BatchNorm stats fixed
-    track: bool = True  # MLflow (tracking.py): $MLFLOW_TRACKING_URI, else <run dir>/mlflow
     lora_rank: int = 0  # > 0: LoRA (peft) on the decoder's self-attention and MLP (lora.py)
     lora_alpha: int = 16  # LoRA updates are scaled by lora_alpha / lora_rank
     lora_dropout: float = 0.0
@@ -242,147 +248,6 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-# --- schedule, precision, one step ----------------------------------------------------
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Linear warmup to 1 over ``warmup_steps``, then cosine down to ``min_ratio`` at the end."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                   min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        return lr_factor(step, warmup_steps, total_steps, min_ratio)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for full float32. ``auto`` turns AMP on for CUDA only."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def to_device(batch: Example, device: torch.device) -> Example:
-    """Cached float16 tensors go back to float32: the model and its losses run in fp32."""
-    return {k: (v.float() if v.dtype == torch.float16 else v).to(device, non_blocking=True)
-            for k, v in trim_padding(batch).items()}
-
-
-SEQUENCE_KEYS = ("tokens", "targets", "region_masks", "finding_token_mask")
-
-
-def trim_padding(batch: Example, pad_id: int = 0) -> Example:
-    """Cut the positions after the batch's longest report: most reports are far shorter
-    than ``max_len``, and padded positions cost as much as real ones."""
-    if "targets" not in batch:
-        return batch
-    real = (batch["targets"] != pad_id).any(dim=0).nonzero()
-    length = int(real.max()) + 1 if real.numel() else 1
-    return {k: (v[:, :length] if k in SEQUENCE_KEYS else v) for k, v in batch.items()}
-
-
-def train_step(model: torch.nn.Module, batch: Example | Sequence[Example],
-               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               grad_clip: float, amp_dtype: torch.dtype | None,
-               ) -> tuple[dict[str, float], float]:
-    """One optimizer step over one batch, or over several accumulated (gradients summed,
-    each batch weighted by its share of the examples, so the step sees their mean loss).
-    Returns the loss parts (that same mean) and the gradient norm before clipping.
-    ``model`` may be DDP-wrapped: only the last batch's backward all-reduces gradients."""
-    batches = [batch] if isinstance(batch, dict) else list(batch)
-    device = next(model.parameters()).device
-    total = sum(b["images"].size(0) for b in batches)
-    optimizer.zero_grad(set_to_none=True)
-    sums = dict.fromkeys(PARTS, 0.0)
-    for i, micro in enumerate(batches):
-        weight = micro["images"].size(0) / total
-        with ddp.no_sync(model, sync=i == len(batches) - 1):
-            with autocast(device, amp_dtype):
-                out = model(**to_device(micro, device))
-            assert out.loss is not None
-            scaler.scale(out.loss * weight).backward()
-        for k, v in _parts(out.loss, out.loss_parts).items():
-            sums[k] = sums.get(k, 0.0) + v * weight
-    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return sums, float(norm)
-
-
-def _parts(loss: Tensor, parts: dict[str, Tensor]) -> dict[str, float]:
-    return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: RadReportModel, loader: Iterable[Example], device: torch.device,
-                          batches: int) -> None:
-    """Running BatchNorm statistics as the plain mean over ``batches`` training batches.
-
-    During training the running statistics are a fast moving average that lags behind
-    weights that are still moving (at lr 1e-3 it measurably did: v2's validation label
-    BCE was 0.42 with them and 0.08 with batch statistics), and evaluation, export and
-    serving use them. Recomputing them with the final weights fixes that. A no-op for
-    models without BatchNorm (v1).
-    """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    model.train()
-    for i, batch in enumerate(loader):
-        if i == batches:
-            break
-        model.encode(to_device(batch, device)["images"])
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.eval()
-
-
-@torch.no_grad()
-def evaluate(model: RadReportModel, loader: Iterable[Example], device: torch.device,
-             amp_dtype: torch.dtype | None,
-             ctx: ddp.DistContext = ddp.SINGLE) -> dict[str, float]:
-    """Mean loss parts over a loader, weighted by batch size; under torchrun each rank
-    reads its shard and the sums are all-reduced, so every rank returns the same figures."""
-    model.eval()
-    sums = dict.fromkeys(PARTS, 0.0)
-    count = 0
-    for batch in loader:
-        with autocast(device, amp_dtype):
-            out = model(**to_device(batch, device))
-        assert out.loss is not None
-        n = batch["images"].size(0)
-        for k, v in _parts(out.loss, out.loss_parts).items():
-            sums[k] += v * n
-        count += n
-    *totals, examples = ddp.all_reduce_sum([*sums.values(), count], ctx)
-    return {k: v / max(examples, 1) for k, v in zip(sums, totals, strict=True)}
-
-
 # --- data -----------------------------------------------------------------------------
 
 
@@ -479,12 +344,10 @@ def save_checkpoint(path: Path, model: RadReportModel, optimizer: torch.optim.Op
 
 
 class MetricsLog:
-    """Appends one row per epoch to ``metrics.csv``, to TensorBoard when installed, and to
-    an MLflow run when given one (``tracking.py``)."""
+    """Appends one row per epoch to ``metrics.csv``, and to TensorBoard when installed."""
 
-    def __init__(self, out_dir: Path, tracker: Tracker | None = None) -> None:
+    def __init__(self, out_dir: Path) -> None:
         self.path = out_dir / METRICS_FILE
-        self.tracker = tracker
         self.writer: Any = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -505,15 +368,10 @@ class MetricsLog:
                 if k not in ("epoch", "step") and math.isfinite(v):
                     self.writer.add_scalar(k.replace("_", "/", 1), v, int(row["epoch"]))
             self.writer.flush()
-        if self.tracker is not None:
-            self.tracker.log_metrics(row, step=int(row["epoch"]))
 
-    def close(self, completed: bool = True) -> None:
-        """``completed``: the call ended without an error (a ``stop_after`` stop counts)."""
+    def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        if self.tracker is not None:
-            self.tracker.end(completed, self.path)
 
 
 # --- the loop -------------------------------------------------------------------------
@@ -606,17 +464,13 @@ def _train(config: TrainConfig, out_dir: Path, resume: bool, progress: bool,
         _resume(trainer, ckpt_dir / LAST)
     last_epoch = config.train.epochs if stop_after is None else min(stop_after,
                                                                     config.train.epochs)
-    tracker = (open_run(out_dir, config.to_dict(), out_dir / CONFIG_FILE, resume)
-               if ctx.is_main and config.train.track else None)
-    log = MetricsLog(out_dir, tracker) if ctx.is_main else None
-    completed = False
+    log = MetricsLog(out_dir) if ctx.is_main else None
     try:
         while trainer.state.epoch < last_epoch:
             _epoch(trainer, ckpt_dir, log, progress)
-        completed = True
     finally:
         if log is not None:
-            log.close(completed)
+            log.close()
     return ckpt_dir / BEST
 
 
@@ -756,5 +610,6 @@ def _summary(row: dict[str, float]) -> str:
 
 __all__ = [
     "DataConfig", "OptimConfig", "TrainConfig", "apply_overrides", "config_from_dict",
-    "config_to_toml", "load_config", "lr_factor", "train", "train_step",
+    "config_to_toml", "evaluate", "load_config", "lr_factor", "recalibrate_batchnorm",
+    "resolve_amp", "resolve_device", "train", "train_step",
 ]

@@ -22,7 +22,8 @@ from radreport.model.distributed import (
     train_sampler,
 )
 from radreport.model.model import RadReportModel
-from radreport.model.train import load_config, model_config_for, resolve_amp, train, train_step
+from radreport.model.steps import resolve_amp, train_step
+from radreport.model.train import load_config, model_config_for, train
 
 TINY_V2 = Path(__file__).parents[3] / "radreport" / "model" / "configs" / "tiny-v2.toml"
 TOLERANCE = 0.01  # the issue's: relative loss difference at each of 20 steps
