@@ -53,6 +53,7 @@ from radreport.model.steps import (
     train_step,
 )
 from radreport.model.tokenizer import ReportTokenizer
+from radreport.model.tracking import Tracker, open_run
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "epoch", "step", "lr",
@@ -108,6 +109,7 @@ class OptimConfig:
     lora_rank: int = 0  # > 0: LoRA (peft) on the decoder's self-attention and MLP (lora.py)
     lora_alpha: int = 16  # LoRA updates are scaled by lora_alpha / lora_rank
     lora_dropout: float = 0.0
+    track: bool = True  # MLflow (tracking.py): $MLFLOW_TRACKING_URI, else <run dir>/mlflow
 
 
 @dataclass(frozen=True)
@@ -344,10 +346,12 @@ def save_checkpoint(path: Path, model: RadReportModel, optimizer: torch.optim.Op
 
 
 class MetricsLog:
-    """Appends one row per epoch to ``metrics.csv``, and to TensorBoard when installed."""
+    """Appends one row per epoch to ``metrics.csv``, to TensorBoard when installed, and to
+    an MLflow run when given one (``tracking.py``)."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, tracker: Tracker | None = None) -> None:
         self.path = out_dir / METRICS_FILE
+        self.tracker = tracker
         self.writer: Any = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -368,10 +372,15 @@ class MetricsLog:
                 if k not in ("epoch", "step") and math.isfinite(v):
                     self.writer.add_scalar(k.replace("_", "/", 1), v, int(row["epoch"]))
             self.writer.flush()
+        if self.tracker is not None:
+            self.tracker.log_metrics(row, step=int(row["epoch"]))
 
-    def close(self) -> None:
+    def close(self, completed: bool = True) -> None:
+        """``completed``: the call ended without an error (a ``stop_after`` stop counts)."""
         if self.writer is not None:
             self.writer.close()
+        if self.tracker is not None:
+            self.tracker.end(completed, self.path)
 
 
 # --- the loop -------------------------------------------------------------------------
@@ -464,13 +473,17 @@ def _train(config: TrainConfig, out_dir: Path, resume: bool, progress: bool,
         _resume(trainer, ckpt_dir / LAST)
     last_epoch = config.train.epochs if stop_after is None else min(stop_after,
                                                                     config.train.epochs)
-    log = MetricsLog(out_dir) if ctx.is_main else None
+    tracker = (open_run(out_dir, config.to_dict(), out_dir / CONFIG_FILE, resume)
+               if ctx.is_main and config.train.track else None)
+    log = MetricsLog(out_dir, tracker) if ctx.is_main else None
+    completed = False
     try:
         while trainer.state.epoch < last_epoch:
             _epoch(trainer, ckpt_dir, log, progress)
+        completed = True
     finally:
         if log is not None:
-            log.close()
+            log.close(completed)
     return ckpt_dir / BEST
 
 
