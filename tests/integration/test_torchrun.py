@@ -25,6 +25,7 @@ ROOT = Path(__file__).parents[2]
 TINY_V2 = ROOT / "radreport" / "model" / "configs" / "tiny-v2.toml"
 TOLERANCE = 0.01
 STEPS = 20  # 16 studies / global batch 4 = 4 steps an epoch, 5 epochs
+NO_MLFLOW = "train.track=false"  # rank 0's MLflow run is tested in test_tracking.py
 
 
 def torchrun(*args: str) -> str:
@@ -42,9 +43,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A single-process run, then the same config under torchrun (sharing one cache)."""
     folder = tmp_path_factory.mktemp("torchrun")
     cache = f'data.cache_dir="{folder / "cache"}"'
-    train(load_config(TINY_V2, [cache]), folder / "one", progress=False)
+    train(load_config(TINY_V2, [cache, NO_MLFLOW]), folder / "one", progress=False)
     torchrun("-m", "radreport.cli", "train", "--config", str(TINY_V2), "--out",
-             str(folder / "two"), "--set", cache)
+             str(folder / "two"), "--set", cache, "--set", NO_MLFLOW)
     return folder
 
 
@@ -70,7 +71,7 @@ def test_rank_zero_alone_writes_the_run(runs: Path) -> None:
 def test_resume_under_torchrun_continues_exactly(runs: Path) -> None:
     split = runs / "split"
     common = ["-m", "radreport.cli", "train", "--config", str(TINY_V2), "--out", str(split),
-              "--set", f'data.cache_dir="{runs / "cache"}"']
+              "--set", f'data.cache_dir="{runs / "cache"}"', "--set", NO_MLFLOW]
     torchrun(*common, "--stop-after", "2")
     assert len(read_steps(split)) == 8
     torchrun(*common, "--resume")

@@ -67,7 +67,7 @@ def test_gradient_accumulation_follows_the_full_batch(tmp_path: Path) -> None:
     cache = f'data.cache_dir="{tmp_path / "cache"}"'
     runs = {accum: tmp_path / f"accum{accum}" for accum in (1, 2)}
     for accum, out in runs.items():
-        config = load_config(TINY_V2, [cache, f"train.grad_accum={accum}"])
+        config = load_config(TINY_V2, [cache, "train.track=false", f"train.grad_accum={accum}"])
         train(config, out, progress=False)
     full, halves = (read_steps(out) for out in runs.values())
     assert [r["step"] for r in halves] == [r["step"] for r in full] == list(range(1, 21))
