@@ -579,7 +579,8 @@ def _epoch(trainer: Trainer, ckpt_dir: Path, log: MetricsLog | None, progress: b
     trainer.state.epoch += 1
     row: dict[str, float] = {"epoch": trainer.state.epoch, "step": trainer.state.step, "lr": lr}
     row.update({f"train_{k}": v for k, v in train_parts.items()})
-    row["unreadable"] = trainer.train_set.unreadable()
+    # each rank counts what it read of its shard
+    row["unreadable"] = ddp.all_reduce_sum([trainer.train_set.unreadable()], trainer.ctx)[0]
     every = max(1, trainer.config.train.eval_every_epoch)
     final = trainer.state.epoch == trainer.config.train.epochs
     t, ctx = trainer.config.train, trainer.ctx
