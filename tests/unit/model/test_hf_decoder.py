@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import transformers
 from test_pretrained import resnet18_state
 from tiny import tiny_config
 from tokenizers import ByteLevelBPETokenizer, Tokenizer
@@ -19,9 +20,6 @@ from radreport.model.onnx_runtime import OnnxReportModel
 from radreport.model.pretrained import load_pretrained, param_groups, prepare
 from radreport.model.tokenizer import ReportTokenizer
 from radreport.model.train import load_config, train
-
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("peft")
 
 TEXTS = ["No acute cardiopulmonary process.", "Small left pleural effusion.",
          "Right lower lobe consolidation concerning for pneumonia.",
