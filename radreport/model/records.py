@@ -19,8 +19,10 @@ is negative (0) or not mentioned is negative. Uncertain as positive ("U-Ones") i
 our evaluation counts (``labeler.report_vector``) and keeps the decoder's prompt in step
 with reports that raise a finding with a hedge ("possible pneumonia").
 
-Real datasets have no regions, so every record's sentence and query masks are empty: the
+Real datasets have no regions, so a record's sentence and query masks are empty: the
 grounding and query-attention losses weigh empty masks by zero, they do not see garbage.
+The exception is MIMIC-CXR-JPG with MS-CXR's phrase boxes (``data.ms_cxr``): an image with
+boxes carries them as regions (``regions.py``), and those losses apply to it alone.
 Images that cannot be read are skipped, counted and logged by index, never by path (paths
 hold patient ids), and never stop a run (``StreamingDataset``).
 """
@@ -30,14 +32,16 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from radreport.data.datasets import ReportRecord, open_dataset
+from radreport.data.datasets.ms_cxr import GroundedImage, read_ms_cxr
 from radreport.data.labels import CHEXPERT_LABELS, POSITIVE, UNCERTAIN
 from radreport.eval.labeler import report_vector
 from radreport.model.cache import (
@@ -46,11 +50,13 @@ from radreport.model.cache import (
     ExampleOptions,
     RecordDataset,
     RecordSpec,
+    make_record_example,
     spec_for,
 )
 from radreport.model.config import ModelConfig
-from radreport.model.images import UnreadableImage, augment_geometry, read_model_image
+from radreport.model.images import UnreadableImage, augment_geometry, letterbox, read_image
 from radreport.model.prompt import INDICATION_WORDS
+from radreport.model.regions import ImageRegions, image_regions, phrase_masks, region_fields
 from radreport.model.tokenizer import ReportTokenizer
 
 log = logging.getLogger(__name__)
@@ -121,11 +127,14 @@ class RecordArrays:
     indication: np.ndarray  # (N, INDICATION_WORDS) int16, PAD padded
     labeled_by_us: int  # records whose labels our labeler made
     with_text: int  # records with report text
+    regions: dict[int, ImageRegions] = field(default_factory=dict)  # MS-CXR, by index
 
 
 def read_arrays(kind: str, root: str | Path, split: str, tokenizer: ReportTokenizer,
-                report_len: int, limit: int = 0) -> RecordArrays:
-    """One pass over a split's records (the first ``limit`` when positive)."""
+                report_len: int, limit: int = 0,
+                grounded: dict[str, GroundedImage] | None = None) -> RecordArrays:
+    """One pass over a split's records (the first ``limit`` when positive); ``grounded``:
+    MS-CXR's images by dicom_id, whose boxes become regions of the records they are."""
     paths: list[bytes] = []
     ids: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -133,7 +142,11 @@ def read_arrays(kind: str, root: str | Path, split: str, tokenizer: ReportTokeni
     age: list[int] = []
     indication: list[np.ndarray] = []
     ours = texts = 0
+    regions: dict[int, ImageRegions] = {}
     for record in split_records(kind, root, split):
+        image = (grounded or {}).get(record.extra.get("dicom_id", ""))
+        if image is not None:
+            regions[len(paths)] = image_regions(image, report_text(record), report_len)
         assert record.image_path is not None  # split_records keeps only those
         paths.append(str(record.image_path).encode())
         text = report_text(record)
@@ -152,7 +165,8 @@ def read_arrays(kind: str, root: str | Path, split: str, tokenizer: ReportTokeni
     return RecordArrays(
         np.array(paths, dtype=bytes), _stack(ids, (n, report_len), np.int16),
         _stack(labels, (n, len(CHEXPERT_LABELS)), np.uint8), np.array(sex, np.uint8),
-        np.array(age, np.uint8), _stack(indication, (n, INDICATION_WORDS), np.int16), ours, texts)
+        np.array(age, np.uint8), _stack(indication, (n, INDICATION_WORDS), np.int16), ours, texts,
+        regions)
 
 
 def _report_ids(text: str, tokenizer: ReportTokenizer, length: int) -> np.ndarray:
@@ -185,12 +199,19 @@ class DiskRecords:
         return len(self.arrays.paths)
 
     def record(self, index: int) -> dict[str, np.ndarray]:
-        """Raises ``UnreadableImage`` when the image cannot be decoded."""
+        """Raises ``UnreadableImage`` when the image cannot be decoded. An image with MS-CXR
+        boxes adds ``phrase_masks``: its phrases in the model's square, not yet on the grid
+        (``StreamingDataset`` warps them with the image first)."""
         a = self.arrays
-        image = read_model_image(a.paths[index].decode(), self.spec.image_size)
-        return {"image": np.round(image * 65535).astype(np.uint16), "ids": a.ids[index],
-                "labels": a.labels[index], "sex": a.sex[index], "age": a.age[index],
-                "indication": a.indication[index], **self._empty}
+        pixels = read_image(a.paths[index].decode())
+        image = letterbox(pixels, self.spec.image_size)
+        out = {"image": np.round(image * 65535).astype(np.uint16), "ids": a.ids[index],
+               "labels": a.labels[index], "sex": a.sex[index], "age": a.age[index],
+               "indication": a.indication[index], **self._empty}
+        regions = a.regions.get(index)
+        if regions is not None:
+            out["phrase_masks"] = phrase_masks(regions, pixels.shape, self.spec.image_size)
+        return out
 
 
 class StreamingDataset(RecordDataset):
@@ -204,7 +225,7 @@ class StreamingDataset(RecordDataset):
                  options: ExampleOptions, seed: int = 0, train: bool = True,
                  split: str = "train") -> None:
         super().__init__(records, tokenizer, config, options, seed, train)
-        self.split = split
+        self.split, self.disk = split, records
         self._bad: Any = multiprocessing.RawArray("b", max(1, len(records)))
 
     def __getitem__(self, index: int) -> Example:
@@ -214,18 +235,38 @@ class StreamingDataset(RecordDataset):
             if self._bad[i]:
                 continue
             try:
-                example = super().__getitem__(i)
+                return self._example(i)
             except UnreadableImage as err:
                 self._bad[i] = 1
                 log.warning("skipped an unreadable image: %s split item %d (%s)",
                             self.split, i, err.reason)
-                continue
-            if self.train and self.options.geometry > 0:
-                rng = np.random.default_rng([self.seed, self.epoch, i, 1])
-                example["images"] = augment_geometry(example["images"], self.options.geometry,
-                                                     rng)
-            return example
         raise RuntimeError(f"no image of the {self.split} split could be read")
+
+    def _example(self, i: int) -> Example:
+        """``RecordDataset``'s example, with the geometric augmentation applied to the image
+        and to its MS-CXR regions alike, and those regions' condition queries supervised."""
+        a = self.disk.record(i)
+        masks = a.pop("phrase_masks", None)
+        geometry = self.options.geometry if self.train else 0.0
+        regions = self.disk.arrays.regions.get(i) if masks is not None else None
+        if regions is not None and masks is not None:
+            if geometry > 0:  # the same draws as the image's below: the same affine
+                masks = augment_geometry(torch.from_numpy(masks), geometry,
+                                         self._geometry_rng(i)).numpy()
+            a.update(region_fields(regions, masks, self.disk.spec))
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        options = self.options if self.train else ExampleOptions(0.0, 0.0)
+        example = make_record_example(a, self.tokenizer, self.config, rng, options)
+        if geometry > 0:
+            example["images"] = augment_geometry(example["images"], geometry,
+                                                 self._geometry_rng(i))
+        if regions is not None:  # a box says the finding is there, whatever the label says
+            boxed = example["query_masks"].sum(dim=1) > 0
+            example["query_weight"][boxed] = 1.0
+        return example
+
+    def _geometry_rng(self, i: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, i, 1])
 
     def unreadable(self) -> int:
         return int(sum(self._bad[: len(self)]))
@@ -235,8 +276,17 @@ def describe(kind: str, split: str, arrays: RecordArrays) -> str:
     """The log line that says what a split teaches (counts, sources, label policy)."""
     return (f"{kind} {split}: {len(arrays.paths)} studies (frontal views), "
             f"{arrays.with_text} with report text, {arrays.labeled_by_us} labelled by "
-            f"radreport's labeler; {SOURCES[kind]}; {LABEL_POLICY}; no regions, so the "
-            f"grounding and query losses are zero")
+            f"radreport's labeler; {SOURCES[kind]}; {LABEL_POLICY}; {_regions_line(arrays)}")
+
+
+def _regions_line(arrays: RecordArrays) -> str:
+    if not arrays.regions:
+        return "no regions, so the grounding and query losses are zero"
+    phrases = sum(len(r.boxes) for r in arrays.regions.values())
+    unmatched = sum(r.unmatched for r in arrays.regions.values())
+    return (f"{len(arrays.regions)} images with MS-CXR boxes ({phrases} phrases, {unmatched} "
+            f"found in no report sentence), the only ones the grounding and query losses "
+            f"see")
 
 
 # --- what train.py calls -------------------------------------------------------------------
@@ -261,6 +311,8 @@ class DataSettings(Protocol):
     def augment(self) -> float: ...
     @property
     def augment_geometry(self) -> float: ...
+    @property
+    def ms_cxr(self) -> str: ...
 
 
 def check_data_config(data: DataSettings) -> None:
@@ -268,6 +320,9 @@ def check_data_config(data: DataSettings) -> None:
     kinds = ("phantoms", *REAL_DATASETS)
     if data.dataset not in kinds:
         raise ValueError(f"data.dataset {data.dataset!r} must be one of {kinds}")
+    if data.ms_cxr and data.dataset != "mimic-cxr-jpg":
+        raise ValueError(f"data.ms_cxr holds boxes on MIMIC-CXR-JPG images; data.dataset is "
+                         f"{data.dataset!r}")
     if data.dataset == "phantoms":
         if data.augment_geometry:
             raise ValueError("data.augment_geometry is for real datasets: it would move a "
@@ -299,8 +354,9 @@ def streaming_dataset(data: DataSettings, split: str, tokenizer: ReportTokenizer
                       progress: bool) -> StreamingDataset:
     """One split of a real dataset, its images read from disk in DataLoader workers."""
     spec = spec_for(model_config)
+    grounded = read_ms_cxr(data.ms_cxr) if data.ms_cxr else None
     arrays = read_arrays(data.dataset, dataset_root(data), split, tokenizer, spec.report_len,
-                         data.max_studies)
+                         data.max_studies, grounded)
     if len(arrays.paths) == 0:
         raise ValueError(f"{data.dataset} at data.root has no {split} studies with an image "
                          f"and text or labels")

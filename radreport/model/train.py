@@ -83,6 +83,7 @@ class DataConfig:
     context_dropout: float = 0.5  # v2 prompt: chance of leaving out indication, age/sex
     augment: float = 0.0  # intensity augmentation strength; never flips (laterality)
     augment_geometry: float = 0.0  # real datasets: rotation/scale/shift strength; no flips
+    ms_cxr: str = ""  # mimic-cxr-jpg: MS-CXR's CSV; its boxes ground their images (regions.py)
 
 
 @dataclass(frozen=True)
