@@ -292,6 +292,9 @@ def gate(
     dataset: Annotated[str, typer.Option(help="phantoms | mimic-cxr-jpg | iu-xray | chexpert")
                        ] = "phantoms",
     root: Annotated[Path | None, typer.Option(help="A real dataset's folder.")] = None,
+    ms_cxr: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help=(
+        "mimic-cxr-jpg: MS-CXR's MS_CXR_Local_Alignment_v1.1.0.csv; its boxes score "
+        "grounding IoU and pointing on the images they are drawn on."))] = None,
     split: Annotated[str, typer.Option(help="Held-out split.")] = "test",
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N studies.")] = None,
     resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 1000,
@@ -307,13 +310,16 @@ def gate(
     """Release gate: evaluate a candidate on a held-out split and check every threshold;
     writes gate.json and gate.md, and exits 1 if any threshold is not met."""
     from radreport.eval.gate import load_cases, load_thresholds, run_gate, write_reports
+    from radreport.model.report import MODEL_INFO_FILE, ModelInfo
 
     spec = load_thresholds(thresholds)
+    size = ModelInfo.load(model_dir / MODEL_INFO_FILE).image_size  # MS-CXR masks' square
     try:
         cases, baseline, notes = load_cases(dataset, root, split, limit, workers,
-                                            baseline_studies)
+                                            baseline_studies, ms_cxr, size)
     except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--dataset/--root/--split") from err
+        raise typer.BadParameter(str(err), param_hint="--dataset/--root/--split/--ms-cxr"
+                                 ) from err
     result = run_gate(model_dir, cases, spec, dataset=dataset, split=split,
                       resamples=resamples, ood_limit=ood_limit, baseline=baseline, notes=notes)
     paths = list(write_reports(result, out))

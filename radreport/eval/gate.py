@@ -4,9 +4,9 @@ same rows and bootstrap), each row named in a thresholds file is checked against
 and ``gate.json`` and ``gate.md`` are written. Any failing row fails the gate.
 
 Judged on point estimates, as issue 15's goals are; the 95% interval is reported beside each.
-A row the data cannot measure (no region masks on a real dataset, no OOD gate in the folder,
-an undefined value) is "not measurable", and the thresholds file says whether that fails
-(``not_measurable = "fail"``, the default) or is let through (``"pass"``).
+A row the data cannot measure (no region masks on a real dataset without MS-CXR's boxes, no
+OOD gate in the folder, an undefined value) is "not measurable", and the thresholds file says
+whether that fails (``not_measurable = "fail"``, the default) or is let through (``"pass"``).
 
 Rows beyond ``radreport evaluate``'s: the anatomical grounding IoU's margin over the mean-mask
 baseline, OOD AUROC per committed transform and the worst of them (the first ``ood_limit``
@@ -199,10 +199,14 @@ def model_size_mb(model_dir: Path) -> float:
 
 
 def load_cases(dataset: str, root: Path | None, split: str, limit: int | None, workers: int,
-               baseline_studies: int = 200,
+               baseline_studies: int = 200, ms_cxr: Path | None = None, mask_size: int = 256,
                ) -> tuple[list[TestCase], dict[str, np.ndarray] | None, list[str]]:
-    """Held-out cases, the mean-mask baseline (phantoms only) and notes for the report."""
+    """Held-out cases, the mean-mask baseline (phantoms only) and notes for the report;
+    ``ms_cxr``: MS-CXR's CSV, whose boxes make grounding measurable on MIMIC-CXR-JPG (masks
+    in the model's ``mask_size`` square)."""
     if dataset == "phantoms":
+        if ms_cxr is not None:
+            raise ValueError("MS-CXR's boxes are on MIMIC-CXR-JPG images, not phantoms")
         seeds = split_seeds(split, limit)
         baseline = mean_anatomy_masks(render_cases(split_seeds("train", baseline_studies),
                                                    workers))
@@ -213,7 +217,7 @@ def load_cases(dataset: str, root: Path | None, split: str, limit: int | None, w
         raise ValueError(f"dataset {dataset!r} needs --root, the dataset's folder")
     from radreport.eval.dataset_cases import dataset_cases
 
-    found = dataset_cases(dataset, root, split, limit)
+    found = dataset_cases(dataset, root, split, limit, ms_cxr, mask_size)
     if not found.cases:
         raise ValueError(f"no readable frontal {split} studies in {root}")
     return found.cases, None, [found.note]
