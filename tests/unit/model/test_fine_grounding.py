@@ -1,0 +1,141 @@
+"""The fine grounding head: shapes, distributions, its training and its measurement table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from radreport.data.labels import CHEXPERT_LABELS
+from radreport.model.config import ModelConfig
+from radreport.model.fine_grounding import (
+    CacheSpec,
+    FineCache,
+    FineGroundingHead,
+    TrainOptions,
+    coarse_prior,
+    fine_loss,
+    frozen_encoder,
+    frozen_inputs,
+    head_config_for,
+    load_head,
+    query_weights,
+    save_head,
+    train_head,
+    train_step,
+)
+from radreport.model.fine_grounding_eval import SYSTEMS, Scored, table
+from radreport.model.model import RadReportModel
+from radreport.model.prompt import PROMPT_LEN
+from radreport.model.query_grounding import MapTuning, SentenceGrounder
+
+SPEC = CacheSpec(count=2, image_size=64, study_size=256)  # seeds 0 and 1 of train
+
+
+def tiny_v2() -> RadReportModel:
+    torch.manual_seed(0)
+    return RadReportModel(ModelConfig(
+        vocab_size=64, arch="chexquery", image_size=64, patch=16,
+        conv_channels=(4, 8, 8, 16, 16), enc_width=16, enc_heads=2, query_layers=1,
+        dec_depth=1, dec_width=16, dec_heads=2, prompt_len=PROMPT_LEN,
+        max_len=PROMPT_LEN + 40))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> FineCache:
+    built = FineCache(tmp_path_factory.mktemp("fine"), SPEC)
+    built.build()
+    return built
+
+
+def test_frozen_inputs_follow_the_encoder() -> None:
+    model = tiny_v2()
+    encoder = frozen_encoder(model)
+    images = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        inputs = frozen_inputs(encoder, images)
+        expected = encoder(images).query_attn
+    torch.testing.assert_close(inputs.coarse, expected)
+    assert inputs.fine4.shape == (2, 8, 16, 16) and inputs.fine8.shape == (2, 8, 8, 8)
+    assert inputs.queries.shape == (2, 20, 16)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_head_maps_are_distributions_that_start_at_the_coarse_map() -> None:
+    model = tiny_v2()
+    inputs = frozen_inputs(frozen_encoder(model), torch.rand(3, 1, 64, 64))
+    maps = FineGroundingHead(head_config_for(model))(inputs)
+    assert maps.shape == (3, 20, 16 * 16)
+    assert (maps >= 0).all()
+    torch.testing.assert_close(maps.sum(-1), torch.ones(3, 20))
+    up = coarse_prior(inputs.coarse, (16, 16)).exp()
+    torch.testing.assert_close(maps, up / up.sum(-1, keepdim=True))  # q starts at zero
+
+
+def test_cache_masks_and_weights(cache: FineCache) -> None:
+    images, masks, weight = cache.batch(np.array([1, 0]))
+    assert images.shape == (2, 1, 64, 64) and 0 < float(images.mean()) < 1
+    assert masks.shape == (2, 20, 16, 16) and float(masks.max()) <= 1.0
+    labels = torch.from_numpy(cache.labels[:2].astype(np.float32))
+    torch.testing.assert_close(weight[:, : len(CHEXPERT_LABELS)], labels)
+    assert (weight[:, len(CHEXPERT_LABELS):] == 1).all()
+    for i in range(2):  # a present finding has a region; the lungs always do
+        for q in np.flatnonzero(cache.labels[i][1:]) + 1:
+            assert masks[i, q].sum() > 0, CHEXPERT_LABELS[q]
+        assert masks[i, len(CHEXPERT_LABELS) + 1].sum() > 0  # left lung
+
+
+def test_query_weights() -> None:
+    weight = query_weights(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), 4)
+    assert weight.tolist() == [[1, 0, 1, 1], [0, 1, 1, 1]]
+
+
+def test_training_lowers_the_loss_and_leaves_the_model_alone(cache: FineCache) -> None:
+    model = tiny_v2()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    encoder = frozen_encoder(model)
+    head = FineGroundingHead(head_config_for(model))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-2)
+    batch = cache.batch(np.arange(2))
+    losses = [train_step(encoder, head, optimizer, *batch) for _ in range(8)]
+    assert losses[-1] < losses[0] - 0.05
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
+    with torch.no_grad():
+        final = fine_loss(head(frozen_inputs(encoder, batch[0])), batch[1], batch[2])
+    assert float(final) < losses[0]
+
+
+def test_train_head_checkpoints_resumes_and_saves(cache: FineCache, tmp_path: Path) -> None:
+    model = tiny_v2()
+    encoder = frozen_encoder(model)
+    head = FineGroundingHead(head_config_for(model))
+    checkpoint = tmp_path / "checkpoint.pt"
+    first = train_head(encoder, head, cache, TrainOptions(epochs=1, batch_size=2), checkpoint)
+    assert len(first) == 1 and checkpoint.exists()
+    resumed = FineGroundingHead(head_config_for(model))
+    rest = train_head(encoder, resumed, cache, TrainOptions(epochs=2, batch_size=2), checkpoint)
+    assert len(rest) == 1  # epoch 1 came from the checkpoint
+    save_head(resumed, tmp_path / "head", {"note": "test"})
+    loaded = load_head(tmp_path / "head")
+    inputs = frozen_inputs(encoder, torch.rand(1, 1, 64, 64))
+    torch.testing.assert_close(loaded(inputs), resumed.eval()(inputs))
+
+
+def test_table_scores_a_fine_map_that_hits_a_thin_band() -> None:
+    mask = np.zeros((64, 64), bool)
+    mask[:, 17:20] = True  # a band 3 px wide: no 16-px cell centre (8, 24, ...) lies on it
+    coarse = np.zeros((4, 4), np.float32)
+    coarse[1, 1] = 1.0  # the peak cell overlaps the band, its centre (and x = 22, 26) miss it
+    fine = np.zeros((16, 16), np.float32)
+    fine[4, 4] = 1.0  # cell centre x = 18: on the band
+    sample = Scored(0, "finding:Atelectasis", frozenset({"Atelectasis"}), coarse, coarse,
+                    coarse, fine, mask)
+    grounder = SentenceGrounder(tuple(CHEXPERT_LABELS), {"finding": MapTuning(1.0, 1.0)})
+    rows = table([sample], grounder).splitlines()
+    atelectasis = rows[2].split()
+    assert atelectasis[:2] == ["Atelectasis", "1"] and len(atelectasis) == 2 + 2 * len(SYSTEMS)
+    pointing = [float(v) for v in atelectasis[2::2]]
+    assert pointing == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
