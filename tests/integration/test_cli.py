@@ -59,8 +59,9 @@ def test_train_then_export_tiny_model(tmp_path: Path) -> None:
                      str(tmp_path / "onnx"), "--int8")
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in (tmp_path / "onnx").iterdir())
+    # mlflow_run.json: the training run's MLflow record, so evaluate and gate can join it.
     assert names == ["decoder_step.int8.onnx", "decoder_step.onnx", "encoder.int8.onnx",
-                     "encoder.onnx", "model.json", "tokenizer.json"]
+                     "encoder.onnx", "mlflow_run.json", "model.json", "tokenizer.json"]
     info = json.loads((tmp_path / "onnx" / "model.json").read_text())
     assert info["name"] == "radreport-phantom" and info["image_size"] == 64
     assert info["epoch"] == 1 and info["model_config"]["enc_depth"] == 1
