@@ -793,6 +793,19 @@ def bench_serving(
         typer.echo(line)
 
 
+@bench_app.command("advisories")
+def bench_advisories(
+    lock: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Lock file to audit.")
+                    ] = Path("deploy/requirements/runtime.txt"),
+) -> None:
+    """Known vulnerabilities of a lock's pins from PyPI's project JSON (where pip-audit cannot
+    reach its services); pins below the newest release are listed as not audited."""
+    from radreport.bench.advisories import audit_pins, read_pins, summary
+
+    for line in summary(audit_pins(read_pins(lock))):
+        typer.echo(line)
+
+
 def main(argv: list[str] | None = None) -> None:
     app(args=argv)
 

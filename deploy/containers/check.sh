@@ -46,6 +46,10 @@ for d in vulnerable:
     for v in d["vulns"]:
         print(f"  {d['name']} {d['version']}: {v['id']} fixed in {', '.join(v['fix_versions']) or '-'}")
 PYEOF
+# Where pip-audit's services are refused (behind some registry proxies), PyPI's per-project
+# JSON still gives the advisories of each project's newest release.
+"$VENV/bin/radreport" bench advisories --lock deploy/requirements/runtime.txt || true
+"$VENV/bin/radreport" bench advisories --lock deploy/triton/requirements-cpu.txt || true
 
 echo "== docker-compose.yml under podman-compose"
 "$VENV/bin/radreport" bench compose
