@@ -114,19 +114,39 @@ def export(
     int8: Annotated[bool, typer.Option(help="Also write INT8 (dynamic quantization).")] = False,
     fp16: Annotated[bool, typer.Option(help="Also write FP16 (float32 at the boundary).")] = False,
     opset: Annotated[int, typer.Option(min=17)] = 17,
+    fit: Annotated[bool, typer.Option(
+        help="Refit the safety net (v2) and drift reference on the run's own data; "
+        "--no-fit skips it (the model card says so).")] = True,
+    fit_validate: Annotated[int, typer.Option(min=2, help="Validate-split studies fitted on.")
+                            ] = 1000,
+    fit_train: Annotated[int, typer.Option(min=2, help="Train-split studies for the OOD fit.")
+                         ] = 2000,
+    reference_studies: Annotated[int, typer.Option(
+        min=1, help="Train-split studies in the drift reference.")] = 64,
+    data_root: Annotated[Path | None, typer.Option(
+        help="The run's real dataset folder, if it moved since training.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes rendering phantoms.")
+                       ] = os.cpu_count() or 1,
 ) -> None:
-    """Export a checkpoint to a model folder: the two ONNX graphs Triton serves (needs torch)."""
-    import torch
-
-    from radreport.model.export import write_model_folder
+    """Export a checkpoint to a self-consistent model folder: the ONNX graphs Triton serves,
+    the safety net and drift reference refitted on the run's data, MODEL_CARD.md."""
+    from radreport.model.package import DatasetMissing, FitOptions, export_model
 
     tokenizer_path = tokenizer or checkpoint.parent / "tokenizer.json"
     if not tokenizer_path.is_file():
         raise typer.BadParameter(f"{tokenizer_path} not found", param_hint="--tokenizer")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     variants = [v for v, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
-    for path in write_model_folder(state, tokenizer_path, out, name, version, opset, variants):
+    options = FitOptions(fit_validate, fit_train, reference_studies, workers=workers,
+                         root=data_root) if fit else None
+    try:
+        result = export_model(checkpoint, tokenizer_path, out, name, version, opset, variants,
+                              options)
+    except DatasetMissing as err:
+        raise typer.BadParameter(str(err), param_hint="--data-root") from err
+    for path in result.paths:
         typer.echo(f"wrote {path}")
+    for record in result.fitted:
+        typer.echo(f"{record.what}: {record.how}")
     from radreport.model.tracking import log_model_folder
 
     run = log_model_folder(checkpoint, out)

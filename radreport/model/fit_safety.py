@@ -86,6 +86,7 @@ class SafetyFit:
     net: SafetyNet
     validate: EncodedSplit
     path: Path
+    train_count: int = 0  # training-split studies the OOD scorer's statistics came from
 
 
 def fit_safety(model_dir: str | Path, validate_count: int = 1000, train_count: int = 2000,
@@ -119,4 +120,4 @@ def fit_encoded(folder: Path, generator: ReportGenerator, validate: EncodedSplit
     net = SafetyNet(generator.info.labels, calibration, scorer)
     path = variant_calibration_file(folder, variant)
     net.save(path)
-    return SafetyFit(net, validate, path)
+    return SafetyFit(net, validate, path, len(train.labels))

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from radreport.model.report import DEFAULT_MODEL_DIR
-from services.preprocess.imaging import intensity_histogram
+from radreport.model.drift_reference import BINS, REFERENCE_FILE, phantom_reference
+from radreport.model.report import DEFAULT_MODEL_DIR, ModelInfo
 
-REFERENCE_FILE = "intensity_reference.json"
-BINS = 32
+__all__ = ["BINS", "REFERENCE_FILE", "ks_distance", "make_reference", "reference"]
 
 
 def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -37,18 +36,9 @@ def reference(model_dir: Path = DEFAULT_MODEL_DIR) -> np.ndarray | None:
 def make_reference(count: int = 64, size: int | None = None) -> dict[str, object]:
     """The reference of the training split: ``size`` px model inputs of ``count`` phantoms.
 
-    ``size`` defaults to the shipped model's input size (``model.json``).
+    ``size`` defaults to the shipped model's input size (``model.json``). ``radreport
+    export`` writes a trained model's own (``radreport.model.drift_reference``).
     """
-    from radreport.data.phantoms.generator import generate_study
-    from radreport.eval.evaluate import split_seeds
-    from radreport.model.report import ModelInfo, to_model_input
-
     if size is None:
         size = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json").image_size
-    total = np.zeros(BINS)
-    for seed in split_seeds("train", count):
-        model_input, _ = to_model_input(generate_study(seed).image, size)
-        total += intensity_histogram(model_input, BINS)
-    return {"bins": BINS, "range": [0.0, 1.0], "studies": count,
-            "source": f"training-split phantoms, letterboxed {size} px model inputs",
-            "histogram": (total / count).round(6).tolist()}
+    return phantom_reference(count, size)

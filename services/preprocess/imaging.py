@@ -48,6 +48,9 @@ from pydicom.uid import (
 from pydicom.valuerep import VR
 from skimage.exposure import equalize_adapthist
 
+from radreport.model.drift_reference import (  # re-exported: drift.py, tasks.py
+    intensity_histogram as intensity_histogram,
+)
 from radreport.model.grounding import Letterbox
 from radreport.model.report import to_model_input
 from services.common.deflate import inflated_size
@@ -654,11 +657,3 @@ def prepare_for_model(decoded: DecodedImage, size: int,
         letterbox = Letterbox(size, letterbox.scale * pixels.shape[1] / width,
                               letterbox.pad_x, letterbox.pad_y, (height, width))
     return model_input, letterbox
-
-
-def intensity_histogram(pixels: np.ndarray, bins: int = 32) -> np.ndarray:
-    """Normalised histogram over [0, 1] (sums to 1): the raw material of input-drift metrics."""
-    if bins < 1:
-        raise ValueError(f"bins must be at least 1, got {bins}")
-    counts, _ = np.histogram(pixels, bins=bins, range=(0.0, 1.0))
-    return (counts / max(1, int(counts.sum()))).astype(np.float64)
