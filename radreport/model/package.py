@@ -68,17 +68,18 @@ def export_model(checkpoint: Path, tokenizer: Path, out: Path, name: str, versio
     from radreport.model.export import write_model_folder
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    paths = write_model_folder(state, tokenizer, out, name, version, opset, variants)
     data = dict(state.get("train_config", {}).get("data", {}))
     if fit is not None and fit.root is not None:
         data["root"] = str(fit.root)  # the dataset moved since training
+    root = None if fit is None else _dataset_root(str(data.get("dataset", "phantoms")), data)
+    paths = write_model_folder(state, tokenizer, out, name, version, opset, variants)
     if fit is None:
         fitted = [FitRecord("calibration.json, intensity_reference.json",
                             "not fitted: exported with --no-fit, so this folder has no "
                             "safety net or drift reference of its own; run `radreport "
                             "fit-safety` before serving it")]
     else:
-        fitted = fit_folder(out, data, fit, variants)
+        fitted = fit_folder(out, str(data.get("dataset", "phantoms")), root, fit, variants)
         paths += [out / f.what for f in fitted if (out / f.what).is_file()]
     info = ModelInfo.load(out / MODEL_INFO_FILE)
     card = write_card(out, render_card(
@@ -93,13 +94,11 @@ def _metrics_file(checkpoint: Path) -> Path:
     return here if here.is_file() else checkpoint.parent.parent / "metrics.csv"
 
 
-def fit_folder(folder: Path, data: dict[str, Any], fit: FitOptions,
+def fit_folder(folder: Path, kind: str, root: Path | None, fit: FitOptions,
                variants: list[str]) -> list[FitRecord]:
-    """Refit the safety net (v2 only, each variant) and the drift reference on ``data``'s
-    dataset; what was fitted on which split, for the card."""
+    """Refit the safety net (v2 only, each variant) and the drift reference on dataset
+    ``kind`` at ``root`` (None: phantoms); what was fitted on which split, for the card."""
     info = ModelInfo.load(folder / MODEL_INFO_FILE)
-    kind = str(data.get("dataset", "phantoms"))
-    root = _dataset_root(kind, data)
     records: list[FitRecord] = []
     if info.extra.get("model_config", {}).get("arch") == "chexquery":
         for variant in ("fp32", *variants):
