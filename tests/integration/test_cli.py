@@ -60,8 +60,12 @@ def test_train_then_export_tiny_model(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in (tmp_path / "onnx").iterdir())
     # mlflow_run.json: the training run's MLflow record, so evaluate and gate can join it.
-    assert names == ["decoder_step.int8.onnx", "decoder_step.onnx", "encoder.int8.onnx",
-                     "encoder.onnx", "mlflow_run.json", "model.json", "tokenizer.json"]
+    # A v1 (vit) folder gets the drift reference refitted and a card, no safety net fit.
+    assert names == ["MODEL_CARD.md", "decoder_step.int8.onnx", "decoder_step.onnx",
+                     "encoder.int8.onnx", "encoder.onnx", "intensity_reference.json",
+                     "mlflow_run.json", "model.json", "tokenizer.json"]
+    card = (tmp_path / "onnx" / "MODEL_CARD.md").read_text()
+    assert "Not for clinical use" in card and "the safety net is fitted for v2" in card
     info = json.loads((tmp_path / "onnx" / "model.json").read_text())
     assert info["name"] == "radreport-phantom" and info["image_size"] == 64
     assert info["epoch"] == 1 and info["model_config"]["enc_depth"] == 1

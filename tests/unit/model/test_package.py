@@ -16,7 +16,7 @@ from radreport.model.drift_reference import REFERENCE_FILE, dataset_reference, p
 from radreport.model.fit_safety import fit_safety
 from radreport.model.fit_safety_data import fit_safety_on_dataset
 from radreport.model.model_card import NOT_CLINICAL
-from radreport.model.report import ReportGenerator
+from radreport.model.report import ReportGenerator, Variant
 from radreport.model.tracking import MODEL_CARD, RunRef
 from radreport.model.train import load_config, train
 
@@ -25,6 +25,7 @@ CHEXPERT = Path(__file__).parents[2] / "fixtures" / "datasets" / "chexpert"
 SMALL = ["--fit-validate", "30", "--fit-train", "30", "--reference-studies", "4",
          "--workers", "1"]
 SAFETY_FILES = ("calibration.json", "calibration.int8.json")
+VARIANTS: tuple[Variant, ...] = ("fp32", "int8")
 
 
 def export(run: Path, out: Path, *options: str) -> str:
@@ -66,7 +67,7 @@ def test_phantom_export_refits_on_the_validate_split_and_logs_its_card(
     shutil.copytree(folder, by_hand)
     for name in SAFETY_FILES:
         (by_hand / name).unlink()
-    for variant, name in zip(("fp32", "int8"), SAFETY_FILES, strict=True):
+    for variant, name in zip(VARIANTS, SAFETY_FILES, strict=True):
         fit_safety(by_hand, 30, 30, 1, max_review_rate=0.15, variant=variant)
         assert (by_hand / name).read_text() == (folder / name).read_text(), name
     reference = json.loads((folder / REFERENCE_FILE).read_text())
