@@ -66,15 +66,17 @@ def age_group(age: int | None) -> str:
                                                                          or age < high))
 
 
-def partition(demographics: Sequence[Demographics]) -> dict[str, dict[str, np.ndarray]]:
-    """attribute -> group -> study positions; attributes nobody has are left out."""
+def partition(demographics: Sequence[Demographics], keep_unknown: bool = False,
+              ) -> dict[str, dict[str, np.ndarray]]:
+    """attribute -> group -> study positions; attributes nobody has are left out unless
+    ``keep_unknown`` (a real dataset's audit shows them as one 'unknown' group)."""
     values = {"sex": [d.sex or UNKNOWN for d in demographics],
               "age group": [age_group(d.age) for d in demographics],
               "race/ethnicity": [d.race or UNKNOWN for d in demographics]}
     order = {"age group": [name for name, _, _ in AGE_BINS]}
     out: dict[str, dict[str, np.ndarray]] = {}
     for attribute, labels in values.items():
-        if all(v == UNKNOWN for v in labels):
+        if all(v == UNKNOWN for v in labels) and not keep_unknown:
             continue
         names = [n for n in order.get(attribute, sorted(set(labels) - {UNKNOWN}))
                  if n in labels] + ([UNKNOWN] if UNKNOWN in labels else [])
@@ -126,6 +128,8 @@ def fairness_statistics(data: AuditData) -> dict[str, Statistic]:
         stats["Attention entropy"] = functools.partial(_pooled, *entropy_totals(data))
     safety = safety_statistics(run.drafts, cases)
     stats |= {k: safety[k] for k in SAFETY_ROWS if k in safety}
+    if any(d.safety is None or d.safety.ood_threshold is None for d in run.drafts):
+        stats.pop("OOD flag rate", None)  # no OOD gate: "none flagged" measures nothing
     return stats
 
 

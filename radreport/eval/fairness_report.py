@@ -24,7 +24,7 @@ from radreport.eval.fairness import (
     partition,
     phantom_demographics,
 )
-from radreport.eval.metrics import Interval
+from radreport.eval.metrics import Interval, Statistic
 
 PLOTTED = ("Clinical F1 (micro)", "Critical sensitivity", "Hallucination rate",
            "Grounding IoU", "Pointing game", "Attention entropy", "Review-flag rate")
@@ -159,6 +159,8 @@ def sentence_values(data: AuditData, groups: Mapping[str, Mapping[str, np.ndarra
     """Per attribute: each group's per-sentence IoU and entropy of its TP sentences."""
     tp = [s for s in data.sentences if s.kind == "TP"]
     out: dict[str, dict[str, list[float]]] = {}
+    if not tp:  # nothing grounded (a real dataset without region masks): no plot
+        return out
     for attribute, members in groups.items():
         where = {int(i): g for g, ix in members.items() for i in ix}
         for label, value in (("IoU", "iou"), ("attention entropy", "entropy")):
@@ -174,13 +176,32 @@ PHANTOM_NOTE = ("Phantom sex and age are drawn independently of the image and th
                 "Phantoms record no race/ethnicity, so it is not audited here.")
 
 
+def measurable(stats: Mapping[str, Statistic], n: int) -> tuple[dict[str, Statistic], list[str]]:
+    """The statistics defined on all ``n`` studies, and the names of those that are not
+    (e.g. grounding on a real dataset without region masks), as the gate's "not measurable"."""
+    everyone = np.arange(n)
+    values = {name: stat(everyone) for name, stat in stats.items()}
+    missing = [name for name, value in values.items() if math.isnan(value)]
+    return {k: v for k, v in stats.items() if k not in missing}, missing
+
+
 def audit_fairness(data: AuditData, out: Path, resamples: int = 1000, margin: float = 0.05,
-                   demographics: Sequence[Demographics] | None = None) -> Fairness:
-    """The whole command: statistics, groups, gaps, then the files."""
+                   demographics: Sequence[Demographics] | None = None,
+                   notes: Sequence[str] = (), dataset: str = "phantoms") -> Fairness:
+    """The whole command: statistics, groups, gaps, then the files. Without
+    ``demographics`` the cases are phantoms and carry their own; with them (a real dataset)
+    every attribute is shown, as one 'unknown' group when the dataset lacks it."""
     people = phantom_demographics(data) if demographics is None else list(demographics)
-    groups = partition(people)
-    result = audit(fairness_statistics(data), groups, len(data.cases), resamples, margin)
-    notes = [PHANTOM_NOTE] if demographics is None else []
-    write(result, out, f"Fairness audit: {data.split} split", notes,
-          sentence_values(data, groups), {"split": data.split, "system": data.run.name})
+    groups = partition(people, keep_unknown=demographics is not None)
+    stats, missing = measurable(fairness_statistics(data), len(data.cases))
+    result = audit(stats, groups, len(data.cases), resamples, margin)
+    lines = [PHANTOM_NOTE] if demographics is None else list(notes)
+    if missing:
+        lines.append(f"Not measurable on these studies (left out of every table): "
+                     f"{', '.join(missing)}.")
+    title = f"Fairness audit: {data.split} split" + ("" if dataset == "phantoms"
+                                                      else f" of {dataset}")
+    write(result, out, title, [f"- {line}" for line in lines], sentence_values(data, groups),
+          {"dataset": dataset, "split": data.split, "system": data.run.name,
+           "not_measurable": missing})
     return result
