@@ -37,11 +37,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # Every package from the hashed lock (deploy/requirements/lock.sh), then the project itself and
 # PyTorch, which is pinned by version only (the train extra; its CPU build on our machines).
+# --no-deps: the lock is complete except PyTorch, which some locked packages (peft,
+# accelerate) require and which hash-checking mode cannot take unpinned; it comes next, and
+# `pip check` then proves every requirement met.
 stamp="$VENV/.installed-$(cat pyproject.toml deploy/requirements/dev.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing Python packages into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q --require-hashes -r deploy/requirements/dev.txt
+  "$VENV/bin/python" -m pip install -q --require-hashes --no-deps -r deploy/requirements/dev.txt
   "$VENV/bin/python" -m pip install -q -e '.[dev,train]'
   "$VENV/bin/python" -m pip check
   rm -f "$VENV"/.installed-*
