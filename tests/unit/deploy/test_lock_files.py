@@ -116,7 +116,7 @@ def test_the_triton_backend_environment_is_locked() -> None:
 def test_installs_use_the_locks() -> None:
     """make setup, both images and the Triton installer install from the locks, with hashes."""
     bootstrap = (ROOT / "deploy" / "local" / "bootstrap.sh").read_text()
-    assert "--require-hashes -r deploy/requirements/dev.txt" in bootstrap
+    assert "--require-hashes --no-deps -r deploy/requirements/dev.txt" in bootstrap
     runtime = (ROOT / "deploy" / "docker" / "runtime.Dockerfile").read_text()
     assert "--require-hashes -r deploy/requirements/runtime.txt" in runtime
     assert "--require-hashes -r deploy/requirements/grpc-build.txt" in runtime
