@@ -317,14 +317,19 @@ class StepLog:
         self.path = out_dir / STEPS_FILE if ctx.is_main else None
 
     def write(self, row: dict[str, float]) -> None:
-        if self.path is None:
-            return
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=STEP_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in STEP_COLUMNS})
+        if self.path is not None:
+            append_row(self.path, STEP_COLUMNS, row)
+
+
+def append_row(path: Path, columns: Sequence[str], row: Mapping[str, float]) -> None:
+    """One CSV row in ``columns`` order (missing ones empty), the header first in a new file:
+    ``steps.csv`` here and ``metrics.csv`` in train.py."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in columns})
 
 
 def read_steps(run: Path) -> list[dict[str, float]]:
@@ -333,7 +338,7 @@ def read_steps(run: Path) -> list[dict[str, float]]:
 
 
 __all__ = [
-    "SINGLE", "DistContext", "GlooSyncBatchNorm2d", "ShardSampler", "StepLog",
+    "SINGLE", "DistContext", "GlooSyncBatchNorm2d", "ShardSampler", "StepLog", "append_row",
     "convert_sync_batchnorm", "from_env", "per_rank_batch", "read_steps", "train_sampler",
     "wrap",
 ]

@@ -12,7 +12,6 @@ evaluation and BatchNorm re-estimation live in steps.py; torchrun support in dis
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 import tomllib
@@ -362,12 +361,7 @@ class MetricsLog:
             self.writer = SummaryWriter(str(out_dir / "tensorboard"))
 
     def write(self, row: dict[str, float]) -> None:
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        ddp.append_row(self.path, METRIC_COLUMNS, row)
         if self.writer is not None:
             for k, v in row.items():
                 if k not in ("epoch", "step") and math.isfinite(v):
