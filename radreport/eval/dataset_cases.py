@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from radreport.data.datasets.base import ReportRecord, open_dataset
+from radreport.data.datasets.base import ReportRecord, open_dataset, report_text
 from radreport.data.datasets.ms_cxr import GroundedImage, read_ms_cxr
 from radreport.data.labels import CHEXPERT_LABELS, with_parents
 from radreport.eval.evaluate import ReferenceSentence, TestCase
@@ -33,13 +33,6 @@ class DatasetCases:
     cases: list[TestCase]
     skipped: int  # images that could not be read or that serving would refuse
     note: str
-
-
-def reference_text(record: ReportRecord) -> str:
-    """The report in the phantoms' shape, so NLG rows compare like with like."""
-    parts = [f"FINDINGS: {record.findings}" if record.findings else "",
-             f"IMPRESSION: {record.impression}" if record.impression else ""]
-    return "\n\n".join(p for p in parts if p)
 
 
 def reference_labels(kind: str, record: ReportRecord, text: str) -> list[int]:
@@ -92,7 +85,7 @@ def dataset_cases(kind: str, root: Path, split: str = "test", limit: int | None 
         except (OSError, InputRefused):
             skipped += 1
             continue
-        text = reference_text(record)
+        text = report_text(record)  # the phantoms' layout: NLG rows compare like with like
         image = grounded.get(record.extra.get("dicom_id", ""))
         positives = ([] if image is None else
                      box_references(image, text, pixels.shape[:2], mask_size))

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from radreport.data.datasets import ReportRecord, open_dataset
+from radreport.data.datasets import ReportRecord, open_dataset, report_text
 from radreport.data.datasets.ms_cxr import GroundedImage, read_ms_cxr
 from radreport.data.labels import CHEXPERT_LABELS, POSITIVE, UNCERTAIN
 from radreport.eval.labeler import report_vector
@@ -73,13 +73,6 @@ SOURCES: Final[dict[str, str]] = {
 }
 LABEL_POLICY: Final = "uncertain (-1) counts as positive; negative and not mentioned as negative"
 UNKNOWN_SEX, UNKNOWN_AGE = 2, 255  # record codes the prompt reads as "unknown"
-
-
-def report_text(record: ReportRecord) -> str:
-    """The report as the model writes it: the phantom layout, empty sections left out."""
-    parts = [f"{name}: {body}" for name, body in (("FINDINGS", record.findings),
-                                                   ("IMPRESSION", record.impression)) if body]
-    return "\n\n".join(parts)
 
 
 def training_labels(record: ReportRecord) -> tuple[np.ndarray, bool]:

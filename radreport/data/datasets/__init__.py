@@ -14,6 +14,7 @@ from radreport.data.datasets.base import (
     is_frontal,
     open_dataset,
     patient_split,
+    report_text,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "is_frontal",
     "open_dataset",
     "patient_split",
+    "report_text",
 ]

@@ -78,6 +78,14 @@ class ImageRef:
     image_id: str
 
 
+def report_text(record: ReportRecord) -> str:
+    """A record's report in the phantoms' layout (``FINDINGS: ...`` then ``IMPRESSION: ...``,
+    empty sections left out): what models are trained to write and scored against."""
+    parts = [f"{name}: {body}" for name, body in (("FINDINGS", record.findings),
+                                                   ("IMPRESSION", record.impression)) if body]
+    return "\n\n".join(parts)
+
+
 def normalize_view(raw: str | None) -> str | None:
     """Map the many spellings of a projection (DICOM ViewPosition, CSV columns) to ours."""
     if raw is None:
