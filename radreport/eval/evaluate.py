@@ -26,7 +26,7 @@ from radreport.data.benchmark import BENCHMARK_SIZE_PX, benchmark_split
 from radreport.data.labels import CHEXPERT_LABELS, POSITIVE, with_parents
 from radreport.data.phantoms.generator import generate_study
 from radreport.eval.baselines import template_report
-from radreport.eval.labeler import label_sentence
+from radreport.eval.labeler import label_sentence, named_devices
 from radreport.eval.metrics import GroundedSentence, Interval, evaluate_reports
 from radreport.eval.safety_metrics import safety_statistics
 from radreport.model.data import area_downsample
@@ -97,13 +97,17 @@ def stated_findings(text: str) -> frozenset[str]:
 
 
 def best_reference(text: str, section: str, case: TestCase) -> ReferenceSentence | None:
-    """The reference sentence stating most nearly the same findings as a generated one
-    (same section on ties); None if the sentence states no finding the study has."""
+    """The reference sentence stating most nearly the same findings as a generated one;
+    on ties, one naming the same kinds of device (a central line sentence is not scored on
+    the endotracheal tube), then one in the same section. None if the sentence states no
+    finding the study has."""
     stated = stated_findings(text)
     if not stated:
         return None
+    devices = named_devices(text)
     best = max(case.positives, default=None, key=lambda ref: (
-        len(stated & ref.labels) / len(stated | ref.labels), ref.section == section))
+        len(stated & ref.labels) / len(stated | ref.labels),
+        named_devices(ref.text) == devices, ref.section == section))
     return best if best is not None and stated & best.labels else None
 
 

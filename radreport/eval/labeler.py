@@ -156,6 +156,23 @@ MENTION_RULES: Final[tuple[MentionRule, ...]] = (
           r"(?:support|monitoring) devices", r"lines and tubes", r"tubes and lines"),
 )
 
+# Kinds of device a sentence can name (Support Devices covers them all): the evaluation pairs
+# a device sentence with a reference naming the same kind, and a fine grounding head has a
+# map per kind, in this order.
+DEVICE_KINDS: tuple[str, ...] = ("airway tube", "vascular catheter", "cardiac device")
+DEVICE_WORDS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"\b(endotracheal|tracheostomy|trach|ett|et tube)\b"),
+    re.compile(r"\b(catheters?|central venous|jugular|subclavian|picc|lines?|ports?)\b"),
+    re.compile(r"\b(pacemakers?|pacers?|pacing|aicd|icd|defibrillators?|leads?)\b"),
+)
+
+
+def named_devices(text: str) -> tuple[int, ...]:
+    """Indices into ``DEVICE_KINDS`` of the devices a sentence names, in that order."""
+    lowered = text.lower()
+    return tuple(i for i, words in enumerate(DEVICE_WORDS) if words.search(lowered))
+
+
 # Phrases that contain a mention word but are not that observation.
 UNMENTIONS: Final[dict[str, re.Pattern[str]]] = {
     "Pleural Effusion": re.compile(r"\b(?:pericardial|joint) effusions?\b"),
