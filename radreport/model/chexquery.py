@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from radreport.model.backbones import build_trunk
 from radreport.model.config import ModelConfig
+from radreport.model.fine_head import STRIDE4_LAYER, STRIDE8_LAYER, FineInputs
 from radreport.model.query_grounding import ANATOMY_QUERIES
 
 __all__ = ["ANATOMY_QUERIES", "CheXQueryEncoder", "patch_grid_masks", "region_kl"]
@@ -83,6 +84,23 @@ class ConvEncoder(nn.Module):
         x = self.net(images).flatten(2).transpose(1, 2)  # (B, N, C4)
         return self.ln(self.out(x) + self.pos_emb)
 
+    def with_fine_maps(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Patch features and the built-in CNN's stride-4 and stride-8 maps (fine head).
+
+        The maps are taken by forward hooks so that the pass is ``forward`` itself: an
+        exported graph names its nodes by the modules called, which ``onnx_weights`` reads.
+        """
+        assert isinstance(self.net, nn.Sequential), "a backbone has no fine maps"
+        taps: list[Tensor] = []
+        handles = [self.net[i].register_forward_hook(lambda _m, _a, out: taps.append(out))
+                   for i in (STRIDE4_LAYER, STRIDE8_LAYER)]
+        try:
+            patches = self(images)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return patches, taps[0], taps[1]
+
 
 class QueryBlock(nn.Module):
     """Queries read the patches, then each other (pre-norm)."""
@@ -122,6 +140,7 @@ class QueryOutput:
     label_logits: Tensor  # (B, n_labels)
     pooled: Tensor  # (B, C) mean patch feature: the study's feature vector (OOD)
     query_attn: Tensor  # (B, n_labels + n_anatomy, N) last block's attention
+    fine: FineInputs | None = None  # what the fine head reads, when the model has one
 
 
 class CheXQueryEncoder(nn.Module):
@@ -140,9 +159,14 @@ class CheXQueryEncoder(nn.Module):
         self.label_bias = nn.Parameter(torch.zeros(cfg.n_labels))
         self.global_proj = nn.Linear(width, width)
         self.gate = nn.Linear(2 * width, width)
+        self.fine_maps = cfg.fine_head
 
     def forward(self, images: Tensor) -> QueryOutput:
-        patches = self.cnn(images)  # (B, N, C)
+        fine4 = fine8 = None
+        if self.fine_maps:
+            patches, fine4, fine8 = self.cnn.with_fine_maps(images)
+        else:
+            patches = self.cnn(images)  # (B, N, C)
         queries = self.queries.expand(patches.size(0), -1, -1)
         attn = patches.new_zeros(())
         for block in self.blocks:
@@ -155,7 +179,9 @@ class CheXQueryEncoder(nn.Module):
         pooled_queries = queries.mean(dim=1)
         gate = torch.sigmoid(self.gate(torch.cat([global_token, pooled_queries], dim=-1)))
         fused = gate * global_token + (1.0 - gate) * pooled_queries
-        return QueryOutput(patches, fused[:, None], logits, pooled, attn)
+        fine = (None if fine4 is None or fine8 is None
+                else FineInputs(fine4, fine8, queries, attn))
+        return QueryOutput(patches, fused[:, None], logits, pooled, attn, fine)
 
 
 def region_kl(attn: Tensor, masks: Tensor, weight: Tensor) -> Tensor:

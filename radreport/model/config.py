@@ -66,6 +66,9 @@ class ModelConfig:
     n_anatomy_queries: int = 6
     lambda_query: float = 0.5  # condition/anatomy query attention vs their region masks
     prompt_len: int = 0
+    # The fine grounding head (fine_head.py): query and device maps at stride 4; the
+    # built-in CNN only, trained on the frozen model (``fine_grounding.py``).
+    fine_head: bool = False
     # Pretrained parts (backbones.py, hf_decoder.py); the defaults are the shipped model's.
     backbone: str = ""  # "" = the residual CNN above; "timm:resnet50", "torchvision:resnet18"
     backbone_checkpoint: str = ""  # local .pth/.pt/.safetensors read when a run starts
@@ -84,6 +87,9 @@ class ModelConfig:
             raise ValueError("arch 'chexquery' has stride 16 (patch = 16) and five "
                              f"conv_channels, got patch {self.patch}, {self.conv_channels}")
         self._check_pretrained()
+        if self.fine_head and (self.arch != "chexquery" or self.backbone):
+            raise ValueError("fine_head reads the built-in v2 CNN's stride-4 map: it needs "
+                             "arch 'chexquery' and no backbone")
         if self.image_size % self.patch:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of patch {self.patch}"

@@ -18,6 +18,9 @@ Graph I/O (L decoder layers, h heads, d head width, N patches, V vocabulary):
   v2 graphs add ``query_maps`` f32 (B, Q, N): the 14 condition and 6 anatomy queries'
   attention over the patches (last query block, mean of heads), each row summing to 1;
   a sentence's grounding map is refined with the map of the finding or organ it names.
+  Models with the fine grounding head (``fine_head``) add ``fine_query_maps`` f32
+  (B, Q + D, (H/4)^2): the same queries' maps at stride 4, then one row per device kind
+  (``labeler.DEVICE_KINDS``), each row summing to 1.
 - decoder step: ``tokens`` i64 (B, T_new), ``past_kv`` f32 (L, 2, B, h, T_past, d),
   ``memory_kv`` -> ``logits`` f32 (B, T_new, V), ``present_kv`` f32
   (L, 2, B, h, T_past + T_new, d), ``cross_attn`` f32 (B, T_new, N) (mean over heads and
@@ -51,6 +54,7 @@ DECODER_FILE = "decoder_step.onnx"
 ENCODER_INPUTS = ["image"]
 ENCODER_OUTPUTS = ["memory_kv", "label_probs", "features"]
 QUERY_MAPS = "query_maps"  # v2 encoders only
+FINE_QUERY_MAPS = "fine_query_maps"  # v2 encoders with the fine grounding head
 DECODER_INPUTS = ["tokens", "past_kv", "memory_kv"]
 DECODER_OUTPUTS = ["logits", "present_kv", "cross_attn"]
 MIN_OPSET = 17
@@ -70,15 +74,22 @@ class EncoderGraph(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         feats = self.model.encode(image)
         memory_kv = stack_kv(self.model.memory_kv(feats.memory))
-        outputs = (memory_kv, torch.sigmoid(feats.label_logits), feats.pooled * 1.0)
+        outputs: tuple[Tensor, ...] = (memory_kv, torch.sigmoid(feats.label_logits),
+                                       feats.pooled * 1.0)
         if feats.query_attn is None:
             return outputs
-        return (*outputs, feats.query_attn * 1.0)
+        outputs = (*outputs, feats.query_attn * 1.0)
+        if feats.fine_query_attn is None:
+            return outputs
+        return (*outputs, feats.fine_query_attn)
 
 
 def encoder_outputs(model: RadReportModel) -> list[str]:
-    """The encoder graph's output names: v2 (query) models add ``query_maps``."""
-    return ENCODER_OUTPUTS + ([QUERY_MAPS] if model.config.arch == "chexquery" else [])
+    """The encoder graph's output names: v2 (query) models add ``query_maps``, and those
+    with the fine head ``fine_query_maps``."""
+    cfg = model.config
+    return (ENCODER_OUTPUTS + ([QUERY_MAPS] if cfg.arch == "chexquery" else [])
+            + ([FINE_QUERY_MAPS] if cfg.fine_head else []))
 
 
 class DecoderStepGraph(nn.Module):
@@ -132,7 +143,7 @@ def _example_image(model: RadReportModel, batch: int) -> Tensor:
 
 def _export_encoder(model: RadReportModel, path: Path, opset: int) -> Path:
     axes = {"image": {0: "batch"}, "memory_kv": {2: "batch"}, "label_probs": {0: "batch"},
-            "features": {0: "batch"}, QUERY_MAPS: {0: "batch"}}
+            "features": {0: "batch"}, QUERY_MAPS: {0: "batch"}, FINE_QUERY_MAPS: {0: "batch"}}
     outputs = encoder_outputs(model)
     _export(EncoderGraph(model), (_example_image(model, 2),), path, opset,
             ENCODER_INPUTS, outputs, {k: v for k, v in axes.items() if k in [*outputs, "image"]})

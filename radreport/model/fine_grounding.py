@@ -1,17 +1,10 @@
-"""An experiment: a fine grounding head, one map per v2 query at stride 4 (96 x 96 at 384 px).
+"""Train the fine grounding head (``fine_head.py``) on a frozen v2 model, from phantoms.
 
-The served sentence maps live on the 24 x 24 patch grid (stride 16). The pointing game tests
-the pixel under the centre of the peak cell, so a line, a tube or a band a few pixels wide
-rarely contains a cell centre even when the peak cell overlaps it: the map has to be finer.
-
-The head refines each condition/anatomy query's coarse attention within the coarse region:
-keys come from the frozen CNN's stride-4 and stride-8 feature maps (1x1 convolutions, the
-stride-8 one upsampled, then a residual 3x3 convolution), queries from the query layers'
-output embeddings (a linear; zero at the start, so an untrained head returns the upsampled
-coarse map), and ``logits = q . k / sqrt(d) + s * log(coarse map upsampled)``, a softmax
-over positions. It is trained with the query loss the model uses (``region_kl``) on the
-phantoms' masks area-downsampled to the fine grid, every other weight frozen. Only the
-built-in v2 CNN (no ``model.backbone``) has the stride-4 map this reads.
+The head is trained with the query loss the model uses (``region_kl``) on the phantoms'
+query masks area-downsampled to the fine grid, and each device row on its own kind of
+device's region; every other weight is frozen (the shipped model is read back from its
+ONNX graphs, in eval mode, exactly the graphs' function). ``attach`` puts the trained head
+into the model (``fine_head = true``) so that ``radreport export`` serves its maps.
 
 ``python -m radreport.model.fine_grounding train`` renders train-split studies once into a
 memmap cache, trains with a checkpoint per epoch (it resumes), and writes the head's
@@ -23,102 +16,63 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import typer
-from torch import Tensor, nn
+from torch import Tensor
 
 from radreport.data.benchmark import benchmark_split
 from radreport.data.labels import CHEXPERT_LABELS, POSITIVE
 from radreport.data.phantoms.generator import generate_study
-from radreport.model.cache import RecordSpec, _query_masks
+from radreport.data.phantoms.study import PhantomStudy
+from radreport.eval.labeler import DEVICE_KINDS
+from radreport.model.cache import RecordSpec, _grid_u8, _query_masks
 from radreport.model.chexquery import CheXQueryEncoder, region_kl
 from radreport.model.data import area_downsample
+from radreport.model.fine_head import (
+    FINE_STRIDE,
+    FineGroundingHead,
+    FineInputs,
+    HeadConfig,
+    head_config,
+)
 from radreport.model.model import RadReportModel
 from radreport.model.onnx_weights import recover_model
 
 HEAD_FILE = "fine_head.pt"
 HEAD_CONFIG_FILE = "fine_head.json"
-STRIDE4_LAYER, STRIDE8_LAYER = 2, 4  # indices in ConvEncoder.net after which the maps are taken
-FINE_STRIDE = 4
+# The phantoms' device kinds, as rows of ``DEVICE_KINDS``.
+PHANTOM_DEVICES: dict[str, int] = {"ett": 0, "central_line": 1, "pacemaker": 2}
+DEVICE_LR_RATIO = 10.0
 
 
-@dataclass(frozen=True)
-class HeadConfig:
-    width: int = 128  # the queries' width (enc_width)
-    c4: int = 32  # channels of the stride-4 map (conv_channels[1])
-    c8: int = 64  # channels of the stride-8 map (conv_channels[2])
-    dim: int = 32
-
-
-@dataclass
-class FineInputs:
-    """What the frozen encoder gives the head for a batch."""
-
-    fine4: Tensor  # (B, c4, S/4, S/4)
-    fine8: Tensor  # (B, c8, S/8, S/8)
-    queries: Tensor  # (B, Q, width) after the query layers and their LayerNorm
-    coarse: Tensor  # (B, Q, N) the last query block's attention on the patch grid
-
-
-class FineGroundingHead(nn.Module):
-    """(FineInputs) -> (B, Q, (S/4)^2): each query's map at stride 4, rows summing to 1."""
-
-    def __init__(self, cfg: HeadConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.k4 = nn.Conv2d(cfg.c4, cfg.dim, 1)
-        self.k8 = nn.Conv2d(cfg.c8, cfg.dim, 1)
-        self.mix = nn.Sequential(nn.ReLU(), nn.Conv2d(cfg.dim, cfg.dim, 3, padding=1))
-        self.q = nn.Linear(cfg.width, cfg.dim)
-        nn.init.zeros_(self.q.weight)  # start as the upsampled coarse map
-        nn.init.zeros_(self.q.bias)
-        self.prior_scale = nn.Parameter(torch.ones(()))
-
-    def forward(self, x: FineInputs) -> Tensor:
-        size = x.fine4.shape[-2:]
-        k = self.k4(x.fine4) + F.interpolate(self.k8(x.fine8), size=size, mode="bilinear",
-                                             align_corners=False)
-        k = (k + self.mix(k)).flatten(2)  # (B, d, H*W)
-        logits = torch.einsum("bqd,bdn->bqn", self.q(x.queries), k) * self.cfg.dim ** -0.5
-        return (logits + self.prior_scale * coarse_prior(x.coarse, size)).softmax(dim=-1)
-
-
-def coarse_prior(coarse: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
-    """log of the coarse maps (B, Q, g*g) upsampled bilinearly to (B, Q, H*W)."""
-    b, q, n = coarse.shape
-    grid = math.isqrt(n)
-    up = F.interpolate(coarse.reshape(b * q, 1, grid, grid), size=size, mode="bilinear",
-                       align_corners=False)
-    return up.clamp_min(1e-8).log().reshape(b, q, -1)
-
-
-def head_config_for(model: RadReportModel) -> HeadConfig:
-    cfg = model.config
-    if cfg.arch != "chexquery" or cfg.backbone:
-        raise ValueError("the fine head reads the built-in v2 CNN's stride-4 map")
-    return HeadConfig(cfg.enc_width, cfg.conv_channels[1], cfg.conv_channels[2])
+def head_config_for(model: RadReportModel, devices: int = len(DEVICE_KINDS)) -> HeadConfig:
+    return head_config(model.config, devices)
 
 
 def frozen_inputs(encoder: CheXQueryEncoder, images: Tensor) -> FineInputs:
-    """The encoder's forward pass as ``CheXQueryEncoder.forward`` runs it, keeping the
-    stride-4/8 maps and the queries' output embeddings (which it does not return)."""
-    cnn = encoder.cnn
-    assert isinstance(cnn.net, nn.Sequential)
-    x, maps = images, {}
-    for i, layer in enumerate(cnn.net):
-        x = layer(x)
-        maps[i] = x
-    patches = cnn.ln(cnn.out(x.flatten(2).transpose(1, 2)) + cnn.pos_emb)
-    queries = encoder.queries.expand(patches.size(0), -1, -1)
-    attn = patches.new_zeros(())
-    for block in encoder.blocks:
-        queries, attn = block(queries, patches)
-    return FineInputs(maps[STRIDE4_LAYER], maps[STRIDE8_LAYER], encoder.ln_q(queries), attn)
+    """What the head reads, from the encoder's own forward pass (with its fine maps)."""
+    keep = encoder.fine_maps
+    encoder.fine_maps = True
+    try:
+        fine = encoder(images).fine
+    finally:
+        encoder.fine_maps = keep
+    assert fine is not None
+    return fine
+
+
+def attach(model: RadReportModel, head: FineGroundingHead) -> RadReportModel:
+    """A copy of ``model`` with ``head`` as its fine head (``config.fine_head``)."""
+    with_head = RadReportModel(replace(model.config, fine_head=True))
+    state = {**model.state_dict(), **{f"fine_head.{k}": v for k, v in head.state_dict().items()}}
+    with_head.load_state_dict(state)
+    return with_head.eval()
 
 
 def frozen_encoder(model: RadReportModel) -> CheXQueryEncoder:
@@ -135,7 +89,8 @@ def frozen_encoder(model: RadReportModel) -> CheXQueryEncoder:
 
 def query_weights(labels: Tensor, n_queries: int) -> Tensor:
     """(B, 14) labels -> (B, Q): a condition query is supervised when its finding is
-    present, an anatomy query always (as ``cache.py`` weighs the query loss)."""
+    present, an anatomy query always (as ``cache.py`` weighs the query loss), a device row
+    always (``region_kl`` skips the rows whose mask is empty: no such device)."""
     weight = labels.new_ones(labels.size(0), n_queries)
     weight[:, : labels.size(1)] = labels
     return weight
@@ -155,19 +110,36 @@ class CacheSpec:
     image_size: int = 384
     study_size: int = 512
     n_queries: int = 20
+    devices: int = len(DEVICE_KINDS)
+
+    @property
+    def rows(self) -> int:
+        return self.n_queries + self.devices
 
     @property
     def grid(self) -> int:
         return self.image_size // FINE_STRIDE
 
 
+def device_masks(study: PhantomStudy, grid: int, devices: int) -> np.ndarray:
+    """(D, grid * grid) uint8: per device kind the union of the study's devices of that kind."""
+    out = np.zeros((devices, grid * grid), np.uint8)
+    for kind, row in PHANTOM_DEVICES.items():
+        masks = [f.mask for f in study.findings if f.kind == kind]
+        if masks and row < devices:
+            out[row] = _grid_u8(np.logical_or.reduce(masks), grid)
+    return out
+
+
 def render_fine_record(seed: int, spec: CacheSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image uint16 (S, S), masks uint8 (Q, g, g), labels uint8 (14,)) of one study,
+    """(image uint16 (S, S), masks uint8 (Q + D, g, g), labels uint8 (14,)) of one study,
     rendered as training renders it (``cache.render_record``), masks at the fine grid."""
     study = generate_study(seed, spec.study_size)
     image = area_downsample(study.image, spec.image_size).numpy()
     record = RecordSpec(spec.image_size, spec.grid, 1, spec.n_queries)
-    masks = _query_masks(study, record).reshape(spec.n_queries, spec.grid, spec.grid)
+    masks = np.concatenate([_query_masks(study, record),
+                            device_masks(study, spec.grid, spec.devices)]).reshape(
+        spec.rows, spec.grid, spec.grid)
     labels = np.array([study.labels[name] == POSITIVE for name in CHEXPERT_LABELS], np.uint8)
     return np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16), masks, labels
 
@@ -177,9 +149,10 @@ class FineCache:
 
     def __init__(self, root: Path, spec: CacheSpec) -> None:
         self.spec = spec
-        self.dir = root / f"train{spec.count}_{spec.image_size}_{spec.study_size}"
+        self.dir = root / (f"train{spec.count}_{spec.image_size}_{spec.study_size}"
+                           f"_d{spec.devices}")
         self.dir.mkdir(parents=True, exist_ok=True)
-        n, s, g, q = spec.count, spec.image_size, spec.grid, spec.n_queries
+        n, s, g, q = spec.count, spec.image_size, spec.grid, spec.rows
         self.images = self._open("images", np.uint16, (n, s, s))
         self.masks = self._open("masks", np.uint8, (n, q, g, g))
         self.labels = self._open("labels", np.uint8, (n, len(CHEXPERT_LABELS)))
@@ -211,7 +184,7 @@ class FineCache:
         images = torch.from_numpy(self.images[order].astype(np.float32) / 65535.0)[:, None]
         masks = torch.from_numpy(self.masks[order].astype(np.float32) / 255.0)
         labels = torch.from_numpy(self.labels[order].astype(np.float32))
-        return images, masks, query_weights(labels, self.spec.n_queries)
+        return images, masks, query_weights(labels, self.spec.rows)
 
 
 # --- training --------------------------------------------------------------------------------
@@ -259,8 +232,11 @@ def train_head(encoder: CheXQueryEncoder, head: FineGroundingHead, cache: FineCa
                options: TrainOptions, checkpoint: Path) -> list[float]:
     """Epochs over the cache (cosine learning rate), a checkpoint after each; resumes from
     ``checkpoint`` if it exists. Returns the mean loss per epoch run here."""
-    optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr,
-                                  weight_decay=options.weight_decay)
+    device_params: list[Tensor] = [head.device_q, head.device_prior]  # free: larger steps
+    rest = [p for p in head.parameters() if all(p is not d for d in device_params)]
+    groups: list[dict[str, Any]] = [
+        {"params": rest}, {"params": device_params, "lr": options.lr * DEVICE_LR_RATIO}]
+    optimizer = torch.optim.AdamW(groups, lr=options.lr, weight_decay=options.weight_decay)
     steps_per_epoch = cache.spec.count // options.batch_size
     total = steps_per_epoch * options.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -321,6 +297,80 @@ def train(model_dir: Path = Path("radreport/model/default"),
                           "options": asdict(options), "epoch_losses": means,
                           "train_seconds_this_run": round(time.perf_counter() - began)})
     print(f"saved {out / HEAD_FILE}", flush=True)
+
+
+PARITY_OUTPUTS = ("label_probs", "features", "query_maps", "memory_kv")
+COPIED_FILES = ("tokenizer.json", "intensity_reference.json", "calibration.json",
+                "calibration.int8.json", "calibration.fp16.json")
+
+
+def package_folder(model_dir: Path, head_dir: Path, out: Path, version: str,
+                   parity_images: int = 8) -> dict[str, float]:
+    """A model folder: ``model_dir``'s model with the trained head, re-exported (every
+    variant). The head adds ``fine_query_maps`` and changes no other output: each
+    variant's other outputs are compared with ``model_dir``'s on validate images
+    (largest absolute difference per variant returned), so the folder keeps
+    ``model_dir``'s calibration, OOD gate and drift reference. Grounding is refitted
+    afterwards (``radreport fit-grounding``)."""
+    import shutil
+
+    from radreport.eval.evaluate import render_cases
+    from radreport.model.export import convert_fp16, export_onnx, quantize_int8
+    from radreport.model.onnx_runtime import OnnxReportModel
+    from radreport.model.report import (
+        MODEL_INFO_FILE,
+        VARIANTS,
+        ModelInfo,
+        Variant,
+        model_files,
+        to_model_input,
+    )
+
+    model = attach(recover_model(model_dir), load_head(head_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    encoder, decoder = export_onnx(model, out)
+    converters: tuple[tuple[Variant, Callable[[Path, Path], Path]], ...] = (
+        ("int8", quantize_int8), ("fp16", convert_fp16))
+    for variant, convert in converters:
+        if model_files(model_dir, variant)[0].exists():
+            for graph in (encoder, decoder):
+                convert(graph, graph.with_name(f"{graph.stem}.{variant}.onnx"))
+    for name in COPIED_FILES:
+        if (model_dir / name).exists():
+            shutil.copyfile(model_dir / name, out / name)
+    info = ModelInfo.load(model_dir / MODEL_INFO_FILE)
+    head_meta = json.loads((head_dir / HEAD_CONFIG_FILE).read_text())
+    extra = {**info.extra, "model_config": model.config.to_dict(),
+             "parameters": model.num_params(),
+             "fine_head": {"from": info.model_version, **head_meta}}
+    ModelInfo(info.name, version, info.image_size, info.labels, extra).save(out / MODEL_INFO_FILE)
+    size = info.image_size
+    cases = render_cases(benchmark_split("validate").seeds[:parity_images])
+    images = np.stack([to_model_input(c.image, size)[0] for c in cases])[:, None]
+    gaps: dict[str, float] = {}
+    for variant in VARIANTS:
+        if not model_files(out, variant)[0].exists():
+            continue
+        old = OnnxReportModel(*model_files(model_dir, variant)).encode(images)
+        new = OnnxReportModel(*model_files(out, variant)).encode(images)
+        gaps[variant] = max(float(np.abs(getattr(old, k) - getattr(new, k)).max())
+                            for k in PARITY_OUTPUTS if getattr(old, k) is not None)
+    return gaps
+
+
+@app.command()
+def package(model_dir: Path = Path("radreport/model/default"),
+            head_dir: Path = Path("radreport/model/candidates/fine-grounding"),
+            out: Path = Path("var/model-fine"), version: str = "0.3.0",
+            max_gap: float = 1e-3) -> None:
+    """Write a model folder with the head (see ``package_folder``); fails if any other
+    output moved by more than ``max_gap``."""
+    gaps = package_folder(model_dir, head_dir, out, version)
+    for variant, gap in gaps.items():
+        print(f"{variant}: largest difference of the other encoder outputs {gap:.2e}")
+    if max(gaps.values()) > max_gap:
+        raise typer.Exit(1)
+    print(f"wrote {out}; now: radreport fit-grounding --model {out}")
 
 
 @app.command()

@@ -37,6 +37,8 @@ from radreport.model.query_grounding import (
     blend,
     kind_query_map,
     left_share,
+    map_grid,
+    on_grid,
     sentence_kind,
     side_from_share,
     side_of,
@@ -90,17 +92,22 @@ def collect_samples(generator: ReportGenerator, cases: Sequence[TestCase],
         chunk = cases[start : start + batch_size]
         drafts = generator.generate([c.image for c in chunk])
         batch = np.stack([to_model_input(c.image, size)[0] for c in chunk])[:, None]
-        query_maps = generator.onnx.encode(batch).query_maps
+        encoded = generator.onnx.encode(batch)
+        query_maps, fine = encoded.query_maps, encoded.fine_query_maps
         for i, (case, draft) in enumerate(zip(chunk, drafts, strict=True)):
             maps = None if query_maps is None else query_maps[i]
+            grounding = maps if fine is None else fine[i]
             for sentence in draft.sentences:
                 _collect(generator.info.labels, sentence.text, sentence.section,
-                         sentence.heatmap, maps, case, samples)
+                         sentence.heatmap, maps, grounding, case, samples)
     return samples
 
 
 def _collect(labels: Sequence[str], text: str, section: str, heatmap: np.ndarray,
-             maps: np.ndarray | None, case: TestCase, samples: Samples) -> None:
+             maps: np.ndarray | None, grounding: np.ndarray | None, case: TestCase,
+             samples: Samples) -> None:
+    """``maps``: the coarse query maps (sides); ``grounding``: those sentences are blended
+    with (the fine head's, the decoder map brought to their grid, where a model has one)."""
     kind = sentence_kind(text, labels)
     reference = best_reference(text, section, case)
     if reference is not None:
@@ -114,8 +121,9 @@ def _collect(labels: Sequence[str], text: str, section: str, heatmap: np.ndarray
         organ = anatomy_region(text)
         mask = case.anatomy.get(organ) if organ is not None else None
     if mask is not None:
-        samples.maps.append(GroundingSample(kind.name, heatmap,
-                                            kind_query_map(kind, maps, heatmap.shape),
+        decoder = heatmap if grounding is None else on_grid(heatmap, map_grid(grounding))
+        samples.maps.append(GroundingSample(kind.name, decoder,
+                                            kind_query_map(kind, grounding, decoder.shape),
                                             pooled_region(mask)))
 
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from radreport.model.chexquery import CheXQueryEncoder, region_kl
 from radreport.model.config import ModelConfig
+from radreport.model.fine_head import FineGroundingHead, head_config
 from radreport.model.lora import merge_lora
 
 KV = tuple[Tensor, Tensor]  # keys, values: (B, h, S, d) each
@@ -225,6 +226,7 @@ class ImageFeatures:
     label_logits: Tensor  # (B, n_labels)
     pooled: Tensor  # (B, C_enc): the study's feature vector (CLS or mean patch)
     query_attn: Tensor | None = None  # (B, Q, N) v2 query attention
+    fine_query_attn: Tensor | None = None  # (B, Q + D, (S/4)^2) the fine head's maps
 
 
 @dataclass
@@ -259,6 +261,7 @@ class RadReportModel(nn.Module):
         self.proj = projector(config)
         self.decoder = TextDecoder(config)
         self.apply(_init_weights)
+        self.fine_head = FineGroundingHead(head_config(config)) if config.fine_head else None
         if isinstance(self.encoder, ImageEncoder):
             nn.init.normal_(self.encoder.cls, std=0.02)
         else:
@@ -275,7 +278,9 @@ class RadReportModel(nn.Module):
         if isinstance(self.encoder, CheXQueryEncoder):
             q = self.encoder(images)
             memory = self.proj(torch.cat([q.fused, q.patches], dim=1))
-            return ImageFeatures(memory, q.label_logits, q.pooled, q.query_attn)
+            fine = (None if self.fine_head is None or q.fine is None
+                    else self.fine_head(q.fine))
+            return ImageFeatures(memory, q.label_logits, q.pooled, q.query_attn, fine)
         x = self.encoder(images)  # (B, 1 + N, C_enc)
         return ImageFeatures(self.proj(x[:, 1:]), self.label_head(x[:, 0]), x[:, 0])
 

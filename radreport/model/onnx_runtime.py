@@ -29,6 +29,7 @@ class EncoderOutput:
     label_probs: np.ndarray  # (B, n_labels) float32
     features: np.ndarray | None = None  # (B, C) float32; None for graphs before v2
     query_maps: np.ndarray | None = None  # (B, Q, N) float32, v2: condition/anatomy maps
+    fine_query_maps: np.ndarray | None = None  # (B, Q + D, (S/4)^2) float32: the fine head's
 
 
 @dataclass
@@ -62,7 +63,8 @@ class OnnxReportModel:
         outputs = dict(zip(self._encoder_outputs, self.encoder.run(
             None, {"image": np.ascontiguousarray(images, dtype=np.float32)}), strict=True))
         return EncoderOutput(outputs["memory_kv"], outputs["label_probs"],
-                             outputs.get("features"), outputs.get("query_maps"))
+                             outputs.get("features"), outputs.get("query_maps"),
+                             outputs.get("fine_query_maps"))
 
     def step(self, tokens: np.ndarray, past_kv: np.ndarray,
              memory_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from radreport.data.labels import NEGATIVE
-from radreport.eval.labeler import label_sentence
+from radreport.eval.labeler import label_sentence, named_devices
+from radreport.eval.metrics import upsample
 
 GROUNDING_FILE = "grounding.json"
 # The v2 anatomical queries, after the condition queries, in this order.
@@ -93,6 +94,7 @@ class SentenceKind:
 
     name: str
     query_rows: tuple[int, ...] = ()  # rows of ``query_maps`` to average
+    device_rows: tuple[int, ...] = ()  # rows of a fine head's device maps, where it has them
 
 
 def sentence_kind(text: str, labels: Sequence[str]) -> SentenceKind:
@@ -101,8 +103,10 @@ def sentence_kind(text: str, labels: Sequence[str]) -> SentenceKind:
     stated = [k for k in labels if k in values and values[k] != NEGATIVE and k != "No Finding"]
     if stated:
         specific = [k for k in stated if k not in PARENT_LABELS] or stated
-        return SentenceKind(f"finding:{specific[0]}",
-                            tuple(labels.index(k) for k in stated))
+        devices = named_devices(text) if stated == ["Support Devices"] else ()
+        first_device = len(labels) + len(ANATOMY_QUERIES)
+        return SentenceKind(f"finding:{specific[0]}", tuple(labels.index(k) for k in stated),
+                            tuple(first_device + i for i in devices))
     denied = {LABEL_ORGAN.get(k, "lungs") for k, v in values.items()
               if v == NEGATIVE and k != "No Finding"}
     if len(denied) != 1:
@@ -114,10 +118,33 @@ def sentence_kind(text: str, labels: Sequence[str]) -> SentenceKind:
 
 def kind_query_map(kind: SentenceKind, query_maps: np.ndarray | None,
                    shape: tuple[int, ...]) -> np.ndarray | None:
-    """The mean of the kind's query maps (Q, N) in ``shape``; None without any."""
+    """The mean of the kind's query maps (Q, N) in ``shape``; None without any. A device
+    sentence takes the rows of the devices it names where the maps have them (a fine head's
+    device rows follow the queries), else the Support Devices query's."""
     if query_maps is None or not kind.query_rows:
         return None
-    return query_maps[list(kind.query_rows)].mean(axis=0).reshape(shape)
+    rows = kind.query_rows
+    if kind.device_rows and max(kind.device_rows) < query_maps.shape[0]:
+        rows = kind.device_rows
+    return query_maps[list(rows)].mean(axis=0).reshape(shape)
+
+
+def map_grid(maps: np.ndarray) -> int:
+    """The side of the square grid of maps (..., N)."""
+    grid = round(maps.shape[-1] ** 0.5)
+    if grid * grid != maps.shape[-1]:
+        raise ValueError(f"{maps.shape[-1]} cells do not form a square grid")
+    return grid
+
+
+def on_grid(heatmap: np.ndarray, grid: int) -> np.ndarray:
+    """A (g, g) map on a (grid, grid) grid: itself if g == grid, else upsampled bilinearly
+    (cell centres, as ``metrics.upsample``) and normalised to sum 1."""
+    if heatmap.shape[0] == grid:
+        return heatmap
+    if grid < heatmap.shape[0]:
+        raise ValueError(f"a {heatmap.shape[0]}-cell map cannot go down to {grid} cells")
+    return _unit(upsample(heatmap, (grid, grid))).astype(np.float32)
 
 
 def blend(decoder_map: np.ndarray, query_map: np.ndarray | None, tuning: MapTuning,
@@ -156,9 +183,12 @@ class SentenceGrounder:
 
     def refine(self, text: str, decoder_map: np.ndarray,
                query_maps: np.ndarray | None) -> np.ndarray:
-        """decoder_map (grid, grid) -> the sentence's map (grid, grid), summing to 1."""
+        """decoder_map (grid, grid) -> the sentence's map on the query maps' grid (a fine
+        head's 96 x 96, the decoder's map upsampled to it), summing to 1."""
         kind = sentence_kind(text, self.labels)
         tuning = self.tuning(kind.name)
+        decoder_map = on_grid(decoder_map, decoder_map.shape[0] if query_maps is None
+                              else map_grid(query_maps))
         if tuning == MapTuning():
             return decoder_map  # no tuning: the decoder's own map, as v1 serves it
         return blend(decoder_map, kind_query_map(kind, query_maps, decoder_map.shape), tuning)

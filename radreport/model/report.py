@@ -145,6 +145,23 @@ def _pool_axis(x: np.ndarray, out: int, axis: int) -> np.ndarray:
     return (sums / (stop - start).reshape(shape)).astype(np.float32)
 
 
+MAP_DIGITS = 3  # significant digits of a served map's cells
+MAP_FLOOR = 1e-4  # cells below this fraction of the peak are served as 0 (mass lost < 1%)
+
+
+def rounded_map(heatmap: np.ndarray, digits: int = MAP_DIGITS,
+                floor: float = MAP_FLOOR) -> np.ndarray:
+    """The map with ``digits`` significant digits per cell and cells below ``floor`` x its
+    peak set to 0 (float64, so JSON prints each cell's shortest form)."""
+    cells = np.nan_to_num(np.asarray(heatmap, dtype=np.float64))
+    peak = float(np.abs(cells).max()) if cells.size else 0.0
+    kept = np.abs(cells) >= floor * peak
+    if peak <= 0 or not kept.any():
+        return np.zeros_like(cells)
+    scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.where(kept, np.abs(cells), 1.0))))
+    return np.where(kept, np.round(cells * scale) / scale, 0.0)
+
+
 @dataclass
 class ReportSentence:
     text: str
@@ -153,9 +170,11 @@ class ReportSentence:
     boxes: list[Box]  # original image pixels, largest region first
 
     def to_dict(self, digits: int = 5) -> dict[str, Any]:
+        """``digits`` significant digits per cell (at most), cells below ``MAP_FLOOR`` of the
+        peak as 0: a 96 x 96 map stays a few hundred kilobytes of JSON per report."""
         return {"text": self.text, "section": self.section,
                 "boxes": [list(b) for b in self.boxes],
-                "heatmap": np.round(self.heatmap, digits).tolist()}
+                "heatmap": rounded_map(self.heatmap, min(digits, MAP_DIGITS)).tolist()}
 
 
 @dataclass
@@ -295,10 +314,12 @@ class ReportGenerator:
         """
         letterboxes = self._checked(batch, letterboxes)
         encoded, safety, prompt = self._encode(batch, contexts)
-        maps = encoded.query_maps
-        reports = [_GrowingReport(letterbox, s, self._guard(s, prompt, item_maps), item_maps)
-                   for letterbox, s, item_maps in zip(letterboxes, safety,
-                                                      _rows(maps, len(safety)), strict=True)]
+        fine = encoded.fine_query_maps
+        reports = [_GrowingReport(letterbox, s, self._guard(s, prompt, item_maps), item_maps,
+                                  item_maps if item_fine is None else item_fine)
+                   for letterbox, s, item_maps, item_fine in zip(
+                       letterboxes, safety, _rows(encoded.query_maps, len(safety)),
+                       _rows(fine, len(safety)), strict=True)]
         ends = (self.onnx.eos_id, self.onnx.pad_id)
         for step in self.onnx.greedy_steps(encoded.memory_kv, prompt=prompt):
             for item, report in enumerate(reports):
@@ -383,7 +404,7 @@ class ReportGenerator:
         tokens = words[span.start : span.end]
         (decoder_map,) = sentence_maps(tokens, attention, [(0, len(tokens))])
         text = detokenize(tokens, self.tokenizer.truecase)
-        heatmap = self.grounder.refine(text, decoder_map, report.query_maps)
+        heatmap = self.grounder.refine(text, decoder_map, report.grounding_maps)
         return ReportSentence(text, span.section, heatmap,
                               map_boxes(heatmap, report.letterbox, box_threshold))
 
@@ -410,6 +431,8 @@ class _GrowingReport:
     safety: StudySafety
     guard: FindingsGuard | None = None  # v2: the text must state the head's findings
     query_maps: np.ndarray | None = None  # (Q, N) v2: the queries' maps of this image
+    grounding_maps: np.ndarray | None = None  # (Q[+D], N') the maps sentences ground on: the
+    # fine head's where the model has one, else ``query_maps``
     ids: list[int] = field(default_factory=list)  # generated, up to its end (EOS or PAD)
     words: list[str] = field(default_factory=list)
     attention: list[np.ndarray] = field(default_factory=list)  # a (N,) row per token

@@ -209,11 +209,13 @@ class BlsRuntime(OnnxReportModel):
     """
 
     def encode(self, images: np.ndarray) -> EncoderOutput:
-        # every output the graph has: v2's are memory_kv, label_probs, features, query_maps
+        # every output the graph has: v2's are memory_kv, label_probs, features, query_maps,
+        # and fine_query_maps with the fine grounding head
         names = [o.name for o in self.encoder.get_outputs()]
         outputs = dict(zip(names, bls("encoder", {"image": images}, names), strict=True))
         return EncoderOutput(outputs["memory_kv"], outputs["label_probs"],
-                             outputs.get("features"), outputs.get("query_maps"))
+                             outputs.get("features"), outputs.get("query_maps"),
+                             outputs.get("fine_query_maps"))
 
     def step(self, tokens: np.ndarray, past_kv: np.ndarray,
              memory_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""The fine grounding head: shapes, distributions, its training and its measurement table."""
+"""The fine grounding head: shapes, distributions, device rows, its training, the model
+that carries it (export, read-back) and its measurement table."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import torch
 from radreport.data.labels import CHEXPERT_LABELS
 from radreport.model.config import ModelConfig
 from radreport.model.fine_grounding import (
+    PHANTOM_DEVICES,
     CacheSpec,
     FineCache,
-    FineGroundingHead,
     TrainOptions,
-    coarse_prior,
+    attach,
     fine_loss,
     frozen_encoder,
     frozen_inputs,
@@ -27,9 +28,13 @@ from radreport.model.fine_grounding import (
     train_step,
 )
 from radreport.model.fine_grounding_eval import SYSTEMS, Scored, table
+from radreport.model.fine_head import FineGroundingHead, coarse_prior
 from radreport.model.model import RadReportModel
 from radreport.model.prompt import PROMPT_LEN
-from radreport.model.query_grounding import MapTuning, SentenceGrounder
+from radreport.model.query_grounding import DEVICE_KINDS, MapTuning, SentenceGrounder
+
+Q = 20  # condition and anatomy queries
+D = len(DEVICE_KINDS)
 
 SPEC = CacheSpec(count=2, image_size=64, study_size=256)  # seeds 0 and 1 of train
 
@@ -67,17 +72,41 @@ def test_head_maps_are_distributions_that_start_at_the_coarse_map() -> None:
     model = tiny_v2()
     inputs = frozen_inputs(frozen_encoder(model), torch.rand(3, 1, 64, 64))
     maps = FineGroundingHead(head_config_for(model))(inputs)
-    assert maps.shape == (3, 20, 16 * 16)
+    assert maps.shape == (3, Q + D, 16 * 16)
     assert (maps >= 0).all()
-    torch.testing.assert_close(maps.sum(-1), torch.ones(3, 20))
+    torch.testing.assert_close(maps.sum(-1), torch.ones(3, Q + D))
     up = coarse_prior(inputs.coarse, (16, 16)).exp()
-    torch.testing.assert_close(maps, up / up.sum(-1, keepdim=True))  # q starts at zero
+    expected = up / up.sum(-1, keepdim=True)  # q and the device offsets start at zero
+    torch.testing.assert_close(maps[:, :Q], expected)
+    support = CHEXPERT_LABELS.index("Support Devices")
+    for row in range(Q, Q + D):  # each device row starts as the Support Devices map
+        torch.testing.assert_close(maps[:, row], expected[:, support])
+
+
+def test_device_rows_learn_their_own_kind() -> None:
+    """Two device rows, one supervised on the left half, one on the right, part ways."""
+    model = tiny_v2()
+    encoder = frozen_encoder(model)
+    head = FineGroundingHead(head_config_for(model))
+    images = torch.rand(2, 1, 64, 64)
+    masks = torch.zeros(2, Q + D, 16, 16)
+    masks[:, Q, :, :8] = 1.0
+    masks[:, Q + 1, :, 8:] = 1.0
+    weight = torch.zeros(2, Q + D)
+    weight[:, Q : Q + 2] = 1.0
+    optimizer = torch.optim.AdamW(head.parameters(), lr=0.1)
+    for _ in range(30):
+        train_step(encoder, head, optimizer, images, masks, weight)
+    with torch.no_grad():
+        maps = head(frozen_inputs(encoder, images)).reshape(2, Q + D, 16, 16)
+    assert float(maps[:, Q, :, :8].sum(-1).sum(-1).min()) > 0.8
+    assert float(maps[:, Q + 1, :, 8:].sum(-1).sum(-1).min()) > 0.8
 
 
 def test_cache_masks_and_weights(cache: FineCache) -> None:
     images, masks, weight = cache.batch(np.array([1, 0]))
     assert images.shape == (2, 1, 64, 64) and 0 < float(images.mean()) < 1
-    assert masks.shape == (2, 20, 16, 16) and float(masks.max()) <= 1.0
+    assert masks.shape == (2, Q + D, 16, 16) and float(masks.max()) <= 1.0
     labels = torch.from_numpy(cache.labels[:2].astype(np.float32))
     torch.testing.assert_close(weight[:, : len(CHEXPERT_LABELS)], labels)
     assert (weight[:, len(CHEXPERT_LABELS):] == 1).all()
@@ -85,6 +114,19 @@ def test_cache_masks_and_weights(cache: FineCache) -> None:
         for q in np.flatnonzero(cache.labels[i][1:]) + 1:
             assert masks[i, q].sum() > 0, CHEXPERT_LABELS[q]
         assert masks[i, len(CHEXPERT_LABELS) + 1].sum() > 0  # left lung
+
+
+
+def test_device_masks_follow_the_study_devices(cache: FineCache) -> None:
+    from radreport.data.benchmark import benchmark_split
+    from radreport.data.phantoms.generator import generate_study
+
+    seeds = benchmark_split("train").seeds
+    _, masks, _ = cache.batch(np.arange(2))
+    for i in range(2):
+        kinds = {f.kind for f in generate_study(seeds[i], SPEC.study_size).findings}
+        for kind, row in PHANTOM_DEVICES.items():
+            assert (masks[i, Q + row].sum() > 0) == (kind in kinds), (i, kind)
 
 
 def test_query_weights() -> None:
@@ -139,3 +181,39 @@ def test_table_scores_a_fine_map_that_hits_a_thin_band() -> None:
     assert atelectasis[:2] == ["Atelectasis", "1"] and len(atelectasis) == 2 + 2 * len(SYSTEMS)
     pointing = [float(v) for v in atelectasis[2::2]]
     assert pointing == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_a_model_with_the_head_exports_and_reads_back(tmp_path: Path) -> None:
+    """``attach`` -> the encoder graph adds ``fine_query_maps`` (the head's maps), changes no
+    other output, and ``onnx_weights`` reads every head weight back."""
+    from radreport.model.export import FINE_QUERY_MAPS, export_onnx
+    from radreport.model.onnx_runtime import OnnxReportModel
+    from radreport.model.onnx_weights import load_weights
+    from radreport.model.report import ModelInfo
+
+    model = tiny_v2().eval()
+    head = FineGroundingHead(head_config_for(model))
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    with_head = attach(model, head)
+    assert with_head.config.fine_head and not model.config.fine_head
+    export_onnx(model, tmp_path / "plain")
+    export_onnx(with_head, tmp_path / "fine")
+    ModelInfo("t", "0", 64, extra={"model_config": with_head.config.to_dict()}).save(
+        tmp_path / "fine" / "model.json")
+    images = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
+    plain = OnnxReportModel(tmp_path / "plain" / "encoder.onnx",
+                            tmp_path / "plain" / "decoder_step.onnx").encode(images)
+    fine = OnnxReportModel(tmp_path / "fine" / "encoder.onnx",
+                           tmp_path / "fine" / "decoder_step.onnx").encode(images)
+    assert plain.fine_query_maps is None and fine.fine_query_maps is not None
+    with torch.no_grad():
+        expected = head(frozen_inputs(frozen_encoder(model), torch.from_numpy(images)))
+    np.testing.assert_allclose(fine.fine_query_maps, expected.numpy(), atol=1e-5)
+    for name in ("memory_kv", "label_probs", "features", "query_maps"):
+        np.testing.assert_array_equal(getattr(fine, name), getattr(plain, name), err_msg=name)
+    _, state = load_weights(tmp_path / "fine")
+    for key, value in head.state_dict().items():
+        torch.testing.assert_close(state[f"fine_head.{key}"], value, msg=key)
+    assert FINE_QUERY_MAPS == "fine_query_maps"

@@ -11,10 +11,14 @@ from radreport.data.labels import CHEXPERT_LABELS
 from radreport.eval.metrics import grounding_iou
 from radreport.model.fit_grounding import GroundingSample, best_tuning, fit_tunings, pooled_region
 from radreport.model.query_grounding import (
+    DEVICE_KINDS,
     MapTuning,
     SentenceGrounder,
     blend,
+    kind_query_map,
     left_share,
+    named_devices,
+    on_grid,
     sentence_kind,
     side_from_share,
 )
@@ -69,6 +73,57 @@ def test_grounder_refines_by_kind_and_keeps_untuned_maps(tmp_path: Path) -> None
     assert SentenceGrounder.load(tmp_path / "absent.json", LABELS).tunings == {}
     with pytest.raises(ValueError, match="other labels"):
         SentenceGrounder.load(tmp_path / "grounding.json", LABELS[:5])
+
+
+@pytest.mark.parametrize(("text", "devices"), [
+    ("Endotracheal tube terminates 4.1 cm above the carina.", (0,)),
+    ("A right subclavian line is seen with tip in the superior vena cava.", (1,)),
+    ("Left internal jugular catheter tip projects over the superior vena cava.", (1,)),
+    ("Dual-lead cardiac pacemaker projects over the left chest wall.", (2,)),
+    ("Left chest wall pacemaker with leads in the right atrium and right ventricle.", (2,)),
+    ("Endotracheal tube and right jugular central venous catheter in place.", (0, 1)),
+    ("Support devices are unchanged.", ()),
+])
+def test_device_sentences_ground_on_the_device_they_name(text: str,
+                                                          devices: tuple[int, ...]) -> None:
+    assert named_devices(text) == devices
+    kind = sentence_kind(text, LABELS)
+    device_row = len(LABELS) + 6
+    assert kind.name == "finding:Support Devices"
+    assert kind.device_rows == tuple(device_row + i for i in devices)
+    coarse = np.random.default_rng(0).random((20, 16))
+    fine = np.random.default_rng(1).random((20 + len(DEVICE_KINDS), 16))
+    support = LABELS.index("Support Devices")
+    coarse_map = kind_query_map(kind, coarse, (4, 4))
+    assert coarse_map is not None  # no device rows in the coarse maps: the query's own
+    np.testing.assert_array_equal(coarse_map, coarse[support].reshape(4, 4))
+    fine_map = kind_query_map(kind, fine, (4, 4))
+    rows = [device_row + i for i in devices] or [support]
+    assert fine_map is not None
+    np.testing.assert_allclose(fine_map, fine[rows].mean(axis=0).reshape(4, 4))
+
+
+def test_a_non_device_sentence_names_no_device_row() -> None:
+    assert sentence_kind("Kerley B lines are seen.", LABELS).device_rows == ()
+    assert sentence_kind("Small left pleural effusion.", LABELS).device_rows == ()
+
+
+def test_sentences_ground_on_the_fine_grid_when_the_maps_are_finer() -> None:
+    """A fine head's maps (24 x 24 here) take the decoder's 6 x 6 map up to their grid; every
+    sentence of a report, tuned or not, comes out on that one grid."""
+    grounder = SentenceGrounder(LABELS, {"finding": MapTuning(1.0, 1.0)})
+    decoder = _blob(6, 1, 1, 1.0).astype(np.float32)
+    fine = np.full((20, 24 * 24), 1e-6, dtype=np.float32)
+    fine[10, 17 * 24 + 13] = 1.0
+    effusion = grounder.refine("Small left pleural effusion.", decoder, fine)
+    other = grounder.refine("The soft tissues are unremarkable.", decoder, fine)
+    assert effusion.shape == other.shape == (24, 24)
+    assert np.unravel_index(effusion.argmax(), effusion.shape) == (17, 13)
+    assert other.sum() == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(other, on_grid(decoder, 24))
+    assert on_grid(decoder, 6) is decoder
+    with pytest.raises(ValueError, match="cannot go down"):
+        on_grid(decoder, 3)
 
 
 def test_fit_prefers_the_query_where_it_holds_the_region() -> None:
