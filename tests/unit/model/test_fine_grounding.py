@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_v2
 
 from radreport.data.labels import CHEXPERT_LABELS
-from radreport.model.config import ModelConfig
+from radreport.eval.labeler import DEVICE_KINDS
 from radreport.model.fine_grounding import (
     PHANTOM_DEVICES,
     CacheSpec,
@@ -29,23 +30,12 @@ from radreport.model.fine_grounding import (
 )
 from radreport.model.fine_grounding_eval import SYSTEMS, Scored, table
 from radreport.model.fine_head import FineGroundingHead, coarse_prior
-from radreport.model.model import RadReportModel
-from radreport.model.prompt import PROMPT_LEN
-from radreport.model.query_grounding import DEVICE_KINDS, MapTuning, SentenceGrounder
+from radreport.model.query_grounding import MapTuning, SentenceGrounder
 
 Q = 20  # condition and anatomy queries
 D = len(DEVICE_KINDS)
 
 SPEC = CacheSpec(count=2, image_size=64, study_size=256)  # seeds 0 and 1 of train
-
-
-def tiny_v2() -> RadReportModel:
-    torch.manual_seed(0)
-    return RadReportModel(ModelConfig(
-        vocab_size=64, arch="chexquery", image_size=64, patch=16,
-        conv_channels=(4, 8, 8, 16, 16), enc_width=16, enc_heads=2, query_layers=1,
-        dec_depth=1, dec_width=16, dec_heads=2, prompt_len=PROMPT_LEN,
-        max_len=PROMPT_LEN + 40))
 
 
 @pytest.fixture(scope="module")

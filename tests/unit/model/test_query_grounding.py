@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 from radreport.data.labels import CHEXPERT_LABELS
+from radreport.eval.labeler import DEVICE_KINDS, named_devices
 from radreport.eval.metrics import grounding_iou
 from radreport.model.fit_grounding import GroundingSample, best_tuning, fit_tunings, pooled_region
 from radreport.model.query_grounding import (
-    DEVICE_KINDS,
     MapTuning,
     SentenceGrounder,
     blend,
     kind_query_map,
     left_share,
-    named_devices,
     on_grid,
     sentence_kind,
     side_from_share,
