@@ -34,6 +34,12 @@ from torch import Tensor, nn
 
 from radreport.data.labels import CHEXPERT_LABELS
 from radreport.model.chexquery import CheXQueryEncoder, ResidualBlock, conv_bn
+from radreport.model.fine_grounding import (
+    FineCache,
+    TrainOptions,
+    frozen_inputs,
+    run_epochs,
+)
 from radreport.model.fine_head import FINE_STRIDE, FineInputs
 
 FINDINGS: tuple[str, ...] = ("Lung Lesion", "Fracture")
@@ -103,62 +109,25 @@ def study_batch(cache_batch: tuple[Tensor, Tensor, Tensor], labels: tuple[str, .
     return images, masks[:, rows], weight[:, rows]
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    epochs: int = 3
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    log_every: int = 25
-
-
-def train_head(encoder: CheXQueryEncoder, head: FineFindingHead, cache: object,
+def train_head(encoder: CheXQueryEncoder, head: FineFindingHead, cache: FineCache,
                options: TrainOptions, checkpoint: Path) -> list[float]:
-    """Epochs over a ``FineCache``, cosine learning rate, a checkpoint per epoch (resumes)."""
-    from radreport.model.fine_grounding import FineCache, frozen_inputs
-
-    assert isinstance(cache, FineCache)
+    """Epochs over a ``FineCache`` (``fine_grounding.run_epochs``: cosine learning rate, a
+    checkpoint per epoch, resumes)."""
     optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr,
                                   weight_decay=options.weight_decay)
-    steps = cache.spec.count // options.batch_size
-    total = steps * options.epochs
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
-    start = 0
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start = int(state["epoch"])
-    means = []
-    for epoch in range(start, options.epochs):
-        order = np.random.default_rng([options.seed, epoch]).permutation(cache.spec.count)
-        losses, began = [], time.perf_counter()
-        head.train()
-        for step in range(steps):
-            images, masks, labels = study_batch(
-                cache.batch(order[step * options.batch_size : (step + 1) * options.batch_size]),
-                head.cfg.labels)
-            with torch.no_grad():
-                inputs = frozen_inputs(encoder, images)
-            maps, study = head(images, inputs)
-            loss = finding_loss(maps, study, masks, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
-            if (step + 1) % options.log_every == 0:
-                print(f"epoch {epoch + 1} step {step + 1}/{steps} "
-                      f"loss {np.mean(losses[-options.log_every:]):.4f} "
-                      f"{time.perf_counter() - began:.0f}s", flush=True)
-        means.append(float(np.mean(losses)))
-        print(f"epoch {epoch + 1} mean loss {means[-1]:.4f}", flush=True)
-        torch.save({"head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "epoch": epoch + 1}, checkpoint)
-    return means
+
+    def step(index: np.ndarray) -> float:
+        images, masks, labels = study_batch(cache.batch(index), head.cfg.labels)
+        with torch.no_grad():
+            inputs = frozen_inputs(encoder, images)
+        maps, study = head(images, inputs)
+        loss = finding_loss(maps, study, masks, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return run_epochs(head, optimizer, cache.spec.count, options, checkpoint, step)
 
 
 def save_head(head: FineFindingHead, folder: Path, meta: dict[str, object]) -> None:
@@ -184,7 +153,7 @@ def train(model_dir: Path = Path("radreport/model/default"),
           work: Path = Path("/tmp/fine-grounding"), count: int = 4000, epochs: int = 3,
           batch_size: int = 16, lr: float = 2e-3, threads: int = 2) -> None:
     """Train on the fine-grounding cache of train studies 0..count-1 (built if missing)."""
-    from radreport.model.fine_grounding import CacheSpec, FineCache, frozen_encoder
+    from radreport.model.fine_grounding import CacheSpec, frozen_encoder
     from radreport.model.onnx_weights import recover_model
 
     torch.set_num_threads(threads)

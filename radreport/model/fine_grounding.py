@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import typer
-from torch import Tensor
+from torch import Tensor, nn
 
 from radreport.data.benchmark import benchmark_split
 from radreport.data.labels import CHEXPERT_LABELS, POSITIVE
@@ -237,10 +237,21 @@ def train_head(encoder: CheXQueryEncoder, head: FineGroundingHead, cache: FineCa
     groups: list[dict[str, Any]] = [
         {"params": rest}, {"params": device_params, "lr": options.lr * DEVICE_LR_RATIO}]
     optimizer = torch.optim.AdamW(groups, lr=options.lr, weight_decay=options.weight_decay)
-    steps_per_epoch = cache.spec.count // options.batch_size
+    return run_epochs(head, optimizer, cache.spec.count, options, checkpoint,
+                      lambda index: train_step(encoder, head, optimizer, *cache.batch(index)))
+
+
+def run_epochs(head: nn.Module, optimizer: torch.optim.Optimizer, count: int,
+               options: TrainOptions, checkpoint: Path,
+               step: Callable[[np.ndarray], float]) -> list[float]:
+    """Shuffled epochs over ``count`` cached studies, ``step`` (one optimiser step on the
+    studies it is given, returning the loss) per batch, under a cosine learning rate, with a
+    checkpoint of head, optimiser and schedule after each epoch; resumes from
+    ``checkpoint`` if it exists. Returns the mean loss per epoch run here."""
+    steps_per_epoch = count // options.batch_size
     total = steps_per_epoch * options.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
+        optimizer, lambda i: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / total)))
     start = 0
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -250,16 +261,14 @@ def train_head(encoder: CheXQueryEncoder, head: FineGroundingHead, cache: FineCa
         start = int(state["epoch"])
     means = []
     for epoch in range(start, options.epochs):
-        order = np.random.default_rng([options.seed, epoch]).permutation(cache.spec.count)
+        order = np.random.default_rng([options.seed, epoch]).permutation(count)
         losses, began = [], time.perf_counter()
         head.train()
-        for step in range(steps_per_epoch):
-            batch = cache.batch(order[step * options.batch_size : (step + 1)
-                                      * options.batch_size])
-            losses.append(train_step(encoder, head, optimizer, *batch))
+        for i in range(steps_per_epoch):
+            losses.append(step(order[i * options.batch_size : (i + 1) * options.batch_size]))
             schedule.step()
-            if (step + 1) % options.log_every == 0:
-                print(f"epoch {epoch + 1} step {step + 1}/{steps_per_epoch} "
+            if (i + 1) % options.log_every == 0:
+                print(f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} "
                       f"loss {np.mean(losses[-options.log_every:]):.4f} "
                       f"{time.perf_counter() - began:.0f}s", flush=True)
         means.append(float(np.mean(losses)))
@@ -274,7 +283,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def train(model_dir: Path = Path("radreport/model/default"),
-          out: Path = Path("radreport/model/candidates/fine-grounding"),
+          out: Path = Path("var/fine-head"),
           work: Path = Path("/tmp/fine-grounding"), count: int = 3000, epochs: int = 3,
           batch_size: int = 16, lr: float = 3e-3, threads: int = 2,
           build_only: bool = False) -> None:
@@ -360,7 +369,7 @@ def package_folder(model_dir: Path, head_dir: Path, out: Path, version: str,
 
 @app.command()
 def package(model_dir: Path = Path("radreport/model/default"),
-            head_dir: Path = Path("radreport/model/candidates/fine-grounding"),
+            head_dir: Path = Path("var/fine-head"),
             out: Path = Path("var/model-fine"), version: str = "0.3.0",
             max_gap: float = 1e-3) -> None:
     """Write a model folder with the head (see ``package_folder``); fails if any other
@@ -375,7 +384,7 @@ def package(model_dir: Path = Path("radreport/model/default"),
 
 @app.command()
 def measure(model_dir: Path = Path("radreport/model/default"),
-            head_dir: Path = Path("radreport/model/candidates/fine-grounding"),
+            head_dir: Path = Path("var/fine-head"),
             count: int = 1000, fit_count: int = 500, threads: int = 2) -> None:
     """Pointing and IoU per finding on validate (see ``fine_grounding_eval``)."""
     from radreport.model.fine_grounding_eval import run_measurement
