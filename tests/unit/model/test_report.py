@@ -14,6 +14,7 @@ from radreport.model.report import (
     ReportGenerator,
     SentenceDecoded,
     model_files,
+    rounded_map,
     to_model_input,
 )
 
@@ -71,7 +72,7 @@ SHIPPED_VARIANTS = ("fp32", "int8", "fp16")
 
 def test_shipped_model_folder_is_complete_and_small() -> None:
     info = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json")
-    assert (info.name, info.version, info.image_size) == ("radreport-phantom", "0.2.1", 384)
+    assert (info.name, info.version, info.image_size) == ("radreport-phantom", "0.3.0", 384)
     assert set(SHIPPED_VARIANTS) <= set(VARIANTS)
     graphs = [p for v in SHIPPED_VARIANTS for p in model_files(DEFAULT_MODEL_DIR, v)]
     files = [*graphs, DEFAULT_MODEL_DIR / "tokenizer.json"]
@@ -92,7 +93,7 @@ def test_shipped_model_drafts_grounded_reports(generator: ReportGenerator) -> No
         assert set(draft.label_probs) == set(generator.info.labels)
         for sentence in draft.sentences:
             assert sentence.text.endswith(".") and not sentence.text[0].islower()
-            assert sentence.heatmap.shape == (24, 24)  # model v2's 24 x 24 patch grid
+            assert sentence.heatmap.shape == (96, 96)  # 0.3.0's fine grounding head, stride 4
             assert np.isclose(sentence.heatmap.sum(), 1.0, atol=1e-3)
             assert sentence.boxes
             for x0, y0, x1, y1 in sentence.boxes:
@@ -139,3 +140,16 @@ def test_streamed_sentences_are_the_reports_and_come_before_its_end(
     first_sentence = next(n for n, e in enumerate(events) if isinstance(e, SentenceDecoded))
     assert first_sentence < first_end
     assert len({e.item for e in events[:first_end] if isinstance(e, SentenceDecoded)}) > 1
+
+
+def test_served_maps_keep_three_significant_digits_and_drop_the_faint_tail() -> None:
+    heatmap = np.array([[0.5, 0.123456], [0.0000123, 0.00004999]])
+    rounded = rounded_map(heatmap)
+    assert rounded.tolist() == [[0.5, 0.123], [0.0, 0.0]]  # below 1e-4 of the peak: 0
+    smooth = np.random.default_rng(0).random((96, 96)) ** 4
+    smooth /= smooth.sum()
+    served = rounded_map(smooth)
+    assert abs(served.sum() - 1.0) < 0.01
+    assert smooth.flat[served.argmax()] >= 0.998 * smooth.max()  # the peak, up to rounding
+    assert np.abs(served - smooth).max() <= 0.001 * smooth.max()
+    assert not rounded_map(np.zeros((4, 4))).any()

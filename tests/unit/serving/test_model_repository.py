@@ -153,7 +153,9 @@ def test_encoder_configs_serve_every_output_of_the_graph() -> None:
     for target in TARGETS.values():
         config = parse_config(target / "encoder" / "config.pbtxt")
         assert [o.name for o in config.output] == [o.name for o in graph.graph.output]
-        assert {o.name: list(o.dims) for o in config.output}["query_maps"] == [-1, 20, 576]
+        dims = {o.name: list(o.dims) for o in config.output}
+        assert dims["query_maps"] == [-1, 20, 576]
+        assert dims["fine_query_maps"] == [-1, 23, 96 * 96]  # 20 queries and 3 device kinds
 
 
 def test_a_report_model_of_another_input_size_is_reported() -> None:
