@@ -1,14 +1,15 @@
 """Evaluation cases from a real dataset (MIMIC-CXR-JPG, IU X-ray, CheXpert) for the gate.
 
 Images are decoded as serving decodes them (``services.preprocess.imaging.load_image``);
-one the service would refuse is skipped and counted, never fatal. Reference labels are the
-dataset's own CheXpert labels (uncertain counts as positive, as in every clinical row),
-except IU X-ray, which has none: there they come from our labeler on the reference report,
-as issue 18 decided. No dataset here has organ masks, so anatomical grounding and laterality
-rows come out undefined ("not measurable"), and so do grounding IoU and pointing, except on
-MIMIC-CXR-JPG with MS-CXR's boxes (``ms_cxr``): each phrase of an image with boxes is a
-reference sentence stating its CheXpert label, its region the boxes in the model's square
-(the served letterbox), and generated sentences are paired with it as with phantom ones.
+one the service would refuse is skipped and counted, never fatal. Reference labels follow
+training's policy (``study_labels``): the dataset's own CheXpert labels (uncertain counts as
+positive, as in every clinical row), else our labeler's reading of the reference report
+(IU X-ray has no labels, as issue 18 decided; some MIMIC-CXR studies have no label row).
+No dataset here has organ masks, so anatomical grounding and laterality rows come out
+undefined ("not measurable"), and so do grounding IoU and pointing, except on MIMIC-CXR-JPG
+with MS-CXR's boxes (``ms_cxr``): each phrase of an image with boxes is a reference sentence
+stating its CheXpert label, its region the boxes in the model's square (the served
+letterbox), and generated sentences are paired with it as with phantom ones.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from radreport.data.datasets.base import ReportRecord, open_dataset, report_text
+from radreport.data.datasets.base import ReportRecord, open_dataset, report_text, study_labels
 from radreport.data.datasets.ms_cxr import GroundedImage, read_ms_cxr
-from radreport.data.labels import CHEXPERT_LABELS, with_parents
+from radreport.data.labels import with_parents
 from radreport.eval.evaluate import ReferenceSentence, TestCase
-from radreport.eval.labeler import report_vector
 from radreport.model.prompt import ClinicalContext
 from radreport.model.regions import box_mask, phrase_spans, reference_spans, report_words
-
-LABELER_DATASETS = frozenset({"iu-xray"})
 
 
 @dataclass(frozen=True)
@@ -33,11 +31,6 @@ class DatasetCases:
     cases: list[TestCase]
     skipped: int  # images that could not be read or that serving would refuse
     note: str
-
-
-def reference_labels(kind: str, record: ReportRecord, text: str) -> list[int]:
-    values = report_vector(text) if kind in LABELER_DATASETS else record.labels
-    return [int(values.get(name) in (1, -1)) for name in CHEXPERT_LABELS]
 
 
 def box_references(image: GroundedImage, text: str, shape: tuple[int, int],
@@ -73,7 +66,7 @@ def dataset_cases(kind: str, root: Path, split: str = "test", limit: int | None 
         raise ValueError(f"MS-CXR's boxes are on MIMIC-CXR-JPG images, not {kind}")
     grounded = read_ms_cxr(ms_cxr) if ms_cxr is not None else {}
     cases: list[TestCase] = []
-    skipped = boxed = 0
+    skipped = boxed = labelled = 0
     for record in _records(kind, root, split):
         if limit is not None and len(cases) >= limit:
             break
@@ -90,11 +83,12 @@ def dataset_cases(kind: str, root: Path, split: str = "test", limit: int | None 
         positives = ([] if image is None else
                      box_references(image, text, pixels.shape[:2], mask_size))
         boxed += bool(positives)
-        cases.append(TestCase(record.study_id, pixels, text,
-                              reference_labels(kind, record, text), positives,
+        labels, from_labeler = study_labels(record)
+        labelled += from_labeler
+        cases.append(TestCase(record.study_id, pixels, text, labels, positives,
                               context=ClinicalContext(None, record.age, record.sex)))
-    source = ("labels from our labeler on the reference reports" if kind in LABELER_DATASETS
-              else "the dataset's CheXpert labels")
+    source = (f"the dataset's CheXpert labels, our labeler's reading of the report for the "
+              f"{labelled} studies without any")
     regions = (f"MS-CXR boxes on {boxed} of them score grounding IoU and pointing; no organ "
                "masks, so laterality rows are not measurable" if ms_cxr is not None else
                "no region masks, so grounding and laterality rows are not measurable")

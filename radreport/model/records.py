@@ -40,10 +40,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from radreport.data.datasets import ReportRecord, open_dataset, report_text
+from radreport.data.datasets import ReportRecord, open_dataset, report_text, study_labels
 from radreport.data.datasets.ms_cxr import GroundedImage, read_ms_cxr
-from radreport.data.labels import CHEXPERT_LABELS, POSITIVE, UNCERTAIN
-from radreport.eval.labeler import report_vector
+from radreport.data.labels import CHEXPERT_LABELS
 from radreport.model.cache import (
     MAX_SENTENCES,
     Example,
@@ -76,13 +75,10 @@ UNKNOWN_SEX, UNKNOWN_AGE = 2, 255  # record codes the prompt reads as "unknown"
 
 
 def training_labels(record: ReportRecord) -> tuple[np.ndarray, bool]:
-    """(14 labels as 0/1, whether our labeler made them) under the module's label policy:
-    the record's own labels, else our labeler's reading of its text."""
-    if record.labels:
-        values = [record.labels.get(name) in (POSITIVE, UNCERTAIN) for name in CHEXPERT_LABELS]
-        return np.array(values, np.uint8), False
-    vector = report_vector(report_text(record))  # uncertain counts as positive there too
-    return np.array([vector[name] for name in CHEXPERT_LABELS], np.uint8), True
+    """(14 labels as 0/1, whether our labeler made them): ``study_labels``, the policy the
+    release gate scores against too."""
+    values, from_labeler = study_labels(record)
+    return np.array(values, np.uint8), from_labeler
 
 
 def split_records(kind: str, root: str | Path, split: str) -> Iterator[ReportRecord]:

@@ -15,6 +15,7 @@ from radreport.data.datasets.base import (
     open_dataset,
     patient_split,
     report_text,
+    study_labels,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "open_dataset",
     "patient_split",
     "report_text",
+    "study_labels",
 ]

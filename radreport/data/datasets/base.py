@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final, TextIO
 
-from radreport.data.labels import CHEXPERT_LABELS, LabelVector
+from radreport.data.labels import CHEXPERT_LABELS, POSITIVE, UNCERTAIN, LabelVector
 
 SPLITS: Final[tuple[str, ...]] = ("train", "validate", "test")
 FRONTAL_VIEWS: Final[frozenset[str]] = frozenset({"PA", "AP", "FRONTAL"})
@@ -84,6 +84,19 @@ def report_text(record: ReportRecord) -> str:
     parts = [f"{name}: {body}" for name, body in (("FINDINGS", record.findings),
                                                    ("IMPRESSION", record.impression)) if body]
     return "\n\n".join(parts)
+
+
+def study_labels(record: ReportRecord) -> tuple[list[int], bool]:
+    """14 labels as 0/1, one policy for training and evaluation: the record's own CheXpert
+    labels (uncertain counts as positive), else our labeler's reading of its report (the
+    bool says so): IU X-ray has no labels, and some MIMIC-CXR studies have no label row."""
+    if record.labels:
+        return [int(record.labels.get(name) in (POSITIVE, UNCERTAIN))
+                for name in CHEXPERT_LABELS], False
+    from radreport.eval.labeler import report_vector  # the labeler reads the data package
+
+    vector = report_vector(report_text(record))  # uncertain counts as positive there too
+    return [int(vector[name]) for name in CHEXPERT_LABELS], True
 
 
 def normalize_view(raw: str | None) -> str | None:

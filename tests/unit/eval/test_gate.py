@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from radreport.cli import app
+from radreport.data.datasets import open_dataset, study_labels
 from radreport.eval.gate import (
     PHANTOM_THRESHOLDS,
     Threshold,
@@ -182,6 +183,9 @@ def test_real_dataset_rows_without_masks_are_not_measurable(tmp_path: Path) -> N
             img.convert("L").resize((256, 256)).save(jpg)
     cases, baseline, notes = load_cases("mimic-cxr-jpg", root, "test", None, 1)
     assert len(cases) == 2 and baseline is None and "CheXpert labels" in notes[0]
+    records = {r.study_id: r for r in open_dataset("mimic-cxr-jpg", root).records("test")}
+    for case in cases:  # scored against the labels training would have used
+        assert case.labels == study_labels(records[case.study_id])[0]
     spec = Thresholds("real", "", (
         Threshold("Clinical F1 (micro)", 0.0, "min"), Threshold("Grounding IoU", 0.6, "min"),
         Threshold("Pointing game", 0.97, "min", not_measurable="pass")))

@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from radreport.cli import app
-from radreport.data.datasets import open_dataset, patient_split
+from radreport.data.datasets import open_dataset, patient_split, study_labels
 from radreport.data.labels import CHEXPERT_LABELS
 from radreport.model.data import phantom_report_texts
 from radreport.model.images import augment_geometry
@@ -107,6 +108,9 @@ def test_labels_and_text_follow_each_dataset() -> None:
     labels, ours = training_labels(iu["2"])  # "Stable mild cardiomegaly."
     assert ours and labels[CHEXPERT_LABELS.index("Cardiomegaly")] == 1
     assert labels[CHEXPERT_LABELS.index("No Finding")] == 0
+    unlabelled = replace(mimic["s50000011"], labels={})  # a MIMIC study without a label row
+    labels, ours = training_labels(unlabelled)
+    assert ours and labels.tolist() == study_labels(unlabelled)[0]  # the labeler reads it
 
 
 def test_tokenizer_comes_from_the_train_split(runs: dict[str, Path]) -> None:
