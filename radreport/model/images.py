@@ -1,12 +1,11 @@
 """Image files as the model sees them in training, decoded the way serving decodes them.
 
-Serving (``services.preprocess.imaging``) reads a PNG or JPEG through Pillow, upright per
-its EXIF orientation, 16-bit grayscale scaled by 65535 and anything else converted to
-8-bit grayscale scaled by 255, then letterboxes it into the model's square
-(``report.to_model_input``). Training on real datasets reads its files the same way, so
+Serving (``services.preprocess.imaging``) reads a PNG or JPEG by the rule of
+``radreport.data.pictures`` (upright, 16-bit grayscale scaled by 65535, anything else 8-bit
+grayscale scaled by 255), then letterboxes it into the model's square
+(``report.to_model_input``). Training on real datasets reads its files by the same rule, so
 a model meets the same pixels in training and in service (``letterbox`` is that square,
-computed with torch, five times faster on a full-size radiograph). The model package does
-not import the services, so the few lines are repeated here rather than shared.
+computed with torch, five times faster on a full-size radiograph).
 
 Also here: the geometric augmentation for real datasets (small rotation, scale and
 shift). It never flips: laterality is part of what the report states.
@@ -15,17 +14,16 @@ shift). It never flips: laterality is part of what the report states.
 from __future__ import annotations
 
 import math
-import struct
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch import Tensor
 
-SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, struct.error, EOFError,
-                 UnidentifiedImageError, Image.DecompressionBombError)
+from radreport.data.pictures import DECODE_ERRORS, grayscale_pixels
+
+UNREADABLE: tuple[type[BaseException], ...] = (*DECODE_ERRORS, Image.DecompressionBombError)
 
 
 class UnreadableImage(Exception):
@@ -41,14 +39,10 @@ def read_image(path: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            upright = ImageOps.exif_transpose(image)
-            if upright.mode in SIXTEEN_BIT_MODES:
-                pixels = np.asarray(upright, dtype=np.float32) / 65535.0
-            else:
-                pixels = np.asarray(upright.convert("L"), dtype=np.float32) / 255.0
+            pixels, _ = grayscale_pixels(ImageOps.exif_transpose(image))
     except FileNotFoundError as err:
         raise UnreadableImage("missing file") from err
-    except DECODE_ERRORS as err:
+    except UNREADABLE as err:
         raise UnreadableImage(f"cannot decode: {type(err).__name__}") from err
     if pixels.ndim != 2 or pixels.size == 0:
         raise UnreadableImage(f"not a 2-D image: shape {pixels.shape}")

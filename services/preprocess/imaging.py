@@ -48,6 +48,7 @@ from pydicom.uid import (
 from pydicom.valuerep import VR
 from skimage.exposure import equalize_adapthist
 
+from radreport.data.pictures import DECODE_ERRORS, SIXTEEN_BIT_MODES, grayscale_pixels
 from radreport.model.drift_reference import (  # re-exported: drift.py, tasks.py
     intensity_histogram as intensity_histogram,
 )
@@ -585,19 +586,15 @@ def _load_picture(data: bytes, source: SourceFormat, max_pixels: int) -> Decoded
                 check_bit_depth(1)
             image.load()
             upright = ImageOps.exif_transpose(image)  # as every viewer shows it
-            if upright.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale PNG
-                bits = 16
-                pixels = np.asarray(upright, dtype=np.float32) / 65535.0
-            else:
-                bits = 8
+            if upright.mode not in SIXTEEN_BIT_MODES:
                 _check_grey(upright)
-                pixels = np.asarray(upright.convert("L"), dtype=np.float32) / 255.0
+            pixels, bits = grayscale_pixels(upright)  # the rule training reads files by
     except InputRefused:
         raise
     except Image.DecompressionBombError as err:
         raise InputRefused("too_large", f"the {source.upper()} image declares more pixels "
                            "than Pillow's decompression-bomb limit") from err
-    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as err:
+    except DECODE_ERRORS as err:
         raise InputRefused("corrupt_pixel_data", f"the {source.upper()} image could not be "
                            "decoded") from err
     pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
