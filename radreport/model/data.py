@@ -5,12 +5,14 @@ half covered by the mask holds 0.5); records and examples are built in ``cache.p
 Only content words are marked for the grounding loss: "pneumothorax" and "left" should
 look at the pneumothorax, "is" and "." have nothing to look at. A pertinent negative
 ("No pleural effusion.") looks at the organ it speaks of (the lungs), so its map shows
-what was checked.
+what was checked. ``DataConfig`` is the ``[data]`` section of a training config: what
+``train.py`` and the real-dataset records (``records.py``) both read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +21,26 @@ from torch import Tensor
 
 from radreport.data.phantoms.generator import generate_study
 from radreport.data.phantoms.study import PhantomStudy, Sentence
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "phantoms"  # or mimic-cxr-jpg, iu-xray, chexpert (records.py), from root
+    root: str = ""  # the real dataset's folder, as open_dataset reads it
+    train_seeds: tuple[int, int] = (0, 4000)  # (first, count) of the benchmark train split
+    validate_seeds: tuple[int, int] = (1_000_000, 200)
+    study_size: int = 512  # rendered at this size, then area-downsampled to model.image_size
+    tokenizer_corpus: int = 2000  # the first N train reports build the vocabulary
+    min_word_count: int = 1  # rarer words of that corpus become [UNK] (never a target)
+    max_studies: int = 0  # real datasets: at most this many per split (0: all)
+    num_workers: int = 2  # processes rendering the cache, or reading a real dataset's images
+    cache: bool = True  # render once into memmaps on disk; later epochs only read them
+    cache_dir: str = ""  # "" = <run dir>/cache
+    context_dropout: float = 0.5  # v2 prompt: chance of leaving out indication, age/sex
+    augment: float = 0.0  # intensity augmentation strength; never flips (laterality)
+    augment_geometry: float = 0.0  # real datasets: rotation/scale/shift strength; no flips
+    ms_cxr: str = ""  # mimic-cxr-jpg: MS-CXR's CSV; its boxes ground their images (regions.py)
+
 
 STOPWORDS: frozenset[str] = frozenset({
     "a", "an", "the", "is", "are", "was", "were", "be", "been", "being", "there", "this",

@@ -158,7 +158,7 @@ def training_data(data: dict[str, Any]) -> TrainingData:
     """The run's dataset, split sizes and label policy, from its ``train_config['data']``."""
     kind = str(data.get("dataset", "phantoms"))
     if kind == "phantoms":
-        from radreport.model.train import DataConfig
+        from radreport.model.data import DataConfig
 
         defaults = {"train": DataConfig.train_seeds, "validate": DataConfig.validate_seeds}
         sizes = {split: int(data.get(f"{split}_seeds", seeds)[1])

@@ -34,7 +34,7 @@ import multiprocessing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ from radreport.model.cache import (
     spec_for,
 )
 from radreport.model.config import ModelConfig
+from radreport.model.data import DataConfig
 from radreport.model.images import UnreadableImage, augment_geometry, letterbox, read_image
 from radreport.model.prompt import INDICATION_WORDS
 from radreport.model.regions import ImageRegions, image_regions, phrase_masks, region_fields
@@ -281,30 +282,7 @@ def _regions_line(arrays: RecordArrays) -> str:
 # --- what train.py calls -------------------------------------------------------------------
 
 
-class DataSettings(Protocol):
-    """The fields of ``train.DataConfig`` read here."""
-
-    @property
-    def dataset(self) -> str: ...
-    @property
-    def root(self) -> str: ...
-    @property
-    def tokenizer_corpus(self) -> int: ...
-    @property
-    def min_word_count(self) -> int: ...
-    @property
-    def max_studies(self) -> int: ...
-    @property
-    def context_dropout(self) -> float: ...
-    @property
-    def augment(self) -> float: ...
-    @property
-    def augment_geometry(self) -> float: ...
-    @property
-    def ms_cxr(self) -> str: ...
-
-
-def check_data_config(data: DataSettings) -> None:
+def check_data_config(data: DataConfig) -> None:
     """Config errors now, not an hour into a run."""
     kinds = ("phantoms", *REAL_DATASETS)
     if data.dataset not in kinds:
@@ -323,14 +301,14 @@ def check_data_config(data: DataSettings) -> None:
         raise ValueError(f"data.augment_geometry {data.augment_geometry} must be in [0, 1]")
 
 
-def dataset_root(data: DataSettings) -> Path:
+def dataset_root(data: DataConfig) -> Path:
     """``data.root``, checked when the run starts (a config file may leave it to --set)."""
     if not data.root or not Path(data.root).is_dir():
         raise ValueError(f"data.root {data.root!r} must be the {data.dataset} folder")
     return Path(data.root)
 
 
-def real_tokenizer(data: DataSettings) -> ReportTokenizer:
+def real_tokenizer(data: DataConfig) -> ReportTokenizer:
     """The report vocabulary of the train split's texts (the v2 prompt's tokens always
     included); words seen fewer than ``min_word_count`` times are [UNK]."""
     dataset_root(data)
@@ -338,7 +316,7 @@ def real_tokenizer(data: DataSettings) -> ReportTokenizer:
     return ReportTokenizer.train(texts, min_frequency=data.min_word_count)
 
 
-def streaming_dataset(data: DataSettings, split: str, tokenizer: ReportTokenizer,
+def streaming_dataset(data: DataConfig, split: str, tokenizer: ReportTokenizer,
                       model_config: ModelConfig, seed: int, train: bool,
                       progress: bool) -> StreamingDataset:
     """One split of a real dataset, its images read from disk in DataLoader workers."""

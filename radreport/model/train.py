@@ -37,7 +37,7 @@ from radreport.model.cache import (
     spec_for,
 )
 from radreport.model.config import ModelConfig
-from radreport.model.data import Example, phantom_report_texts
+from radreport.model.data import DataConfig, Example, phantom_report_texts
 from radreport.model.model import RadReportModel
 from radreport.model.pretrained import load_pretrained, param_groups, prepare
 from radreport.model.records import check_data_config, real_tokenizer, streaming_dataset
@@ -64,25 +64,6 @@ LAST, BEST = "last.pt", "best.pt"
 
 
 # --- config ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str = "phantoms"  # or mimic-cxr-jpg, iu-xray, chexpert (records.py), from root
-    root: str = ""  # the real dataset's folder, as open_dataset reads it
-    train_seeds: tuple[int, int] = (0, 4000)  # (first, count) of the benchmark train split
-    validate_seeds: tuple[int, int] = (1_000_000, 200)
-    study_size: int = 512  # rendered at this size, then area-downsampled to model.image_size
-    tokenizer_corpus: int = 2000  # the first N train reports build the vocabulary
-    min_word_count: int = 1  # rarer words of that corpus become [UNK] (never a target)
-    max_studies: int = 0  # real datasets: at most this many per split (0: all)
-    num_workers: int = 2  # processes rendering the cache, or reading a real dataset's images
-    cache: bool = True  # render once into memmaps on disk; later epochs only read them
-    cache_dir: str = ""  # "" = <run dir>/cache
-    context_dropout: float = 0.5  # v2 prompt: chance of leaving out indication, age/sex
-    augment: float = 0.0  # intensity augmentation strength; never flips (laterality)
-    augment_geometry: float = 0.0  # real datasets: rotation/scale/shift strength; no flips
-    ms_cxr: str = ""  # mimic-cxr-jpg: MS-CXR's CSV; its boxes ground their images (regions.py)
 
 
 @dataclass(frozen=True)
