@@ -207,3 +207,35 @@ def test_a_model_with_the_head_exports_and_reads_back(tmp_path: Path) -> None:
     for key, value in head.state_dict().items():
         torch.testing.assert_close(state[f"fine_head.{key}"], value, msg=key)
     assert FINE_QUERY_MAPS == "fine_query_maps"
+
+
+def test_package_adds_the_head_and_keeps_every_other_output(tmp_path: Path) -> None:
+    """``package_folder`` (how 0.3.0 was made): the folder's model read back from its graphs,
+    the head attached, every variant re-exported; the other outputs do not move."""
+    from radreport.model.export import export_onnx, quantize_int8
+    from radreport.model.fine_grounding import package_folder
+    from radreport.model.onnx_runtime import OnnxReportModel
+    from radreport.model.report import ModelInfo, model_files
+
+    model = tiny_v2().eval()
+    plain = tmp_path / "plain"
+    for graph in export_onnx(model, plain):
+        quantize_int8(graph, graph.with_name(f"{graph.stem}.int8.onnx"))
+    ModelInfo("tiny", "0.1.0", 64, extra={"model_config": model.config.to_dict()}).save(
+        plain / "model.json")
+    (plain / "tokenizer.json").write_text("{}")
+    head = FineGroundingHead(head_config_for(model))
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    save_head(head, tmp_path / "head", {"note": "test"})
+    gaps = package_folder(plain, tmp_path / "head", tmp_path / "fine", "0.1.1", parity_images=2)
+    assert gaps == {"fp32": 0.0, "int8": 0.0}  # no FP16 variant in the source folder
+    info = ModelInfo.load(tmp_path / "fine" / "model.json")
+    assert info.version == "0.1.1" and info.extra["model_config"]["fine_head"]
+    assert info.extra["fine_head"]["from"] == "tiny:0.1.0"
+    assert (tmp_path / "fine" / "tokenizer.json").read_text() == "{}"
+    images = np.random.default_rng(1).random((1, 1, 64, 64), dtype=np.float32)
+    encoded = OnnxReportModel(*model_files(tmp_path / "fine", "int8")).encode(images)
+    assert encoded.fine_query_maps is not None
+    assert encoded.fine_query_maps.shape == (1, Q + D, 16 * 16)
