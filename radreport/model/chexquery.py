@@ -159,11 +159,11 @@ class CheXQueryEncoder(nn.Module):
         self.label_bias = nn.Parameter(torch.zeros(cfg.n_labels))
         self.global_proj = nn.Linear(width, width)
         self.gate = nn.Linear(2 * width, width)
-        self.fine_maps = cfg.fine_head
 
-    def forward(self, images: Tensor) -> QueryOutput:
+    def forward(self, images: Tensor, fine: bool = False) -> QueryOutput:
+        """``fine``: also return what a fine grounding head reads (``QueryOutput.fine``)."""
         fine4 = fine8 = None
-        if self.fine_maps:
+        if fine:
             patches, fine4, fine8 = self.cnn.with_fine_maps(images)
         else:
             patches = self.cnn(images)  # (B, N, C)
@@ -179,9 +179,9 @@ class CheXQueryEncoder(nn.Module):
         pooled_queries = queries.mean(dim=1)
         gate = torch.sigmoid(self.gate(torch.cat([global_token, pooled_queries], dim=-1)))
         fused = gate * global_token + (1.0 - gate) * pooled_queries
-        fine = (None if fine4 is None or fine8 is None
-                else FineInputs(fine4, fine8, queries, attn))
-        return QueryOutput(patches, fused[:, None], logits, pooled, attn, fine)
+        inputs = (None if fine4 is None or fine8 is None
+                  else FineInputs(fine4, fine8, queries, attn))
+        return QueryOutput(patches, fused[:, None], logits, pooled, attn, inputs)
 
 
 def region_kl(attn: Tensor, masks: Tensor, weight: Tensor) -> Tensor:

@@ -38,7 +38,9 @@ from radreport.model.fine_grounding import (
     FineCache,
     TrainOptions,
     frozen_inputs,
+    frozen_run,
     run_epochs,
+    run_record,
 )
 from radreport.model.fine_head import FINE_STRIDE, FineInputs
 
@@ -149,34 +151,24 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def train(model_dir: Path = Path("radreport/model/default"),
-          out: Path = Path("/work/exp/finding-head"),
+          out: Path = Path("var/finding-head"),
           work: Path = Path("/tmp/fine-grounding"), count: int = 4000, epochs: int = 3,
           batch_size: int = 16, lr: float = 2e-3, threads: int = 2) -> None:
     """Train on the fine-grounding cache of train studies 0..count-1 (built if missing)."""
-    from radreport.model.fine_grounding import CacheSpec, frozen_encoder
-    from radreport.model.onnx_weights import recover_model
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = recover_model(model_dir)
-    encoder = frozen_encoder(model)
-    cache = FineCache(work, CacheSpec(count, model.config.image_size))
-    cache.build()
+    model, encoder, cache = frozen_run(model_dir, work, count, threads)
     cfg = model.config
     head = FineFindingHead(FindingHeadConfig(cfg.conv_channels[1], cfg.conv_channels[2],
                                              fine_grid=cfg.image_size // FINE_STRIDE))
     options = TrainOptions(epochs, batch_size, lr)
     began = time.perf_counter()
     means = train_head(encoder, head, cache, options, work / "finding-checkpoint.pt")
-    save_head(head, out, {"model": str(model_dir), "train_studies": count,
-                          "options": asdict(options), "epoch_losses": means,
-                          "train_seconds_this_run": round(time.perf_counter() - began)})
+    save_head(head, out, run_record(model_dir, count, options, means, began))
     print(f"saved {out / HEAD_FILE}", flush=True)
 
 
 @app.command()
 def measure(model_dir: Path = Path("radreport/model/default"),
-            head_dir: Path = Path("/work/exp/finding-head"), count: int = 1000,
+            head_dir: Path = Path("var/finding-head"), count: int = 1000,
             threads: int = 2) -> None:
     """Validate AUROC per label: the label head, this head, and a logistic combination
     fitted on validate studies 0..count/2-1 and scored on the rest."""

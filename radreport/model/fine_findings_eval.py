@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
 
 from radreport.data.benchmark import benchmark_split
-from radreport.data.labels import CHEXPERT_LABELS, POSITIVE
+from radreport.data.labels import POSITIVE
 from radreport.eval.evaluate import render_cases
 from radreport.model.fine_findings import load_head, rows_of
 from radreport.model.fine_grounding import frozen_encoder, frozen_inputs
@@ -85,5 +85,3 @@ def run_measurement(model_dir: Path, head_dir: Path, count: int = 1000) -> str:
     (head_dir / "measurement.txt").write_text(text + "\n")
     return text
 
-
-__all__ = ["CHEXPERT_LABELS", "run_measurement"]

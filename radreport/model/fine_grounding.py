@@ -57,12 +57,7 @@ def head_config_for(model: RadReportModel, devices: int = len(DEVICE_KINDS)) -> 
 
 def frozen_inputs(encoder: CheXQueryEncoder, images: Tensor) -> FineInputs:
     """What the head reads, from the encoder's own forward pass (with its fine maps)."""
-    keep = encoder.fine_maps
-    encoder.fine_maps = True
-    try:
-        fine = encoder(images).fine
-    finally:
-        encoder.fine_maps = keep
+    fine = encoder(images, fine=True).fine
     assert fine is not None
     return fine
 
@@ -288,24 +283,38 @@ def train(model_dir: Path = Path("radreport/model/default"),
           batch_size: int = 16, lr: float = 3e-3, threads: int = 2,
           build_only: bool = False) -> None:
     """Render train studies 0..count-1 (cached), train the head, save it into ``out``."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = recover_model(model_dir)  # eval mode: exactly the exported graphs' function
-    encoder = frozen_encoder(model)
-    cache = FineCache(work, CacheSpec(count, model.config.image_size))
-    began = time.perf_counter()
-    cache.build()
-    print(f"cache ready in {time.perf_counter() - began:.0f}s", flush=True)
+    model, encoder, cache = frozen_run(model_dir, work, count, threads)
     if build_only:
         return
     head = FineGroundingHead(head_config_for(model))
     options = TrainOptions(epochs, batch_size, lr)
     began = time.perf_counter()
     means = train_head(encoder, head, cache, options, work / "checkpoint.pt")
-    save_head(head, out, {"model": str(model_dir), "train_studies": count,
-                          "options": asdict(options), "epoch_losses": means,
-                          "train_seconds_this_run": round(time.perf_counter() - began)})
+    save_head(head, out, run_record(model_dir, count, options, means, began))
     print(f"saved {out / HEAD_FILE}", flush=True)
+
+
+def frozen_run(model_dir: Path, work: Path, count: int, threads: int,
+               ) -> tuple[RadReportModel, CheXQueryEncoder, FineCache]:
+    """What a head's training starts from: the folder's model read back from its graphs
+    (eval mode: exactly their function), its frozen encoder, and the train-split cache of
+    studies 0..count-1 under ``work``, rendered where missing."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = recover_model(model_dir)
+    encoder = frozen_encoder(model)
+    cache = FineCache(work, CacheSpec(count, model.config.image_size))
+    began = time.perf_counter()
+    cache.build()
+    print(f"cache ready in {time.perf_counter() - began:.0f}s", flush=True)
+    return model, encoder, cache
+
+
+def run_record(model_dir: Path, count: int, options: TrainOptions, means: list[float],
+               began: float) -> dict[str, object]:
+    """What a saved head records of the run that trained it."""
+    return {"model": str(model_dir), "train_studies": count, "options": asdict(options),
+            "epoch_losses": means, "train_seconds_this_run": round(time.perf_counter() - began)}
 
 
 PARITY_OUTPUTS = ("label_probs", "features", "query_maps", "memory_kv")

@@ -93,10 +93,10 @@ def collect_samples(generator: ReportGenerator, cases: Sequence[TestCase],
         drafts = generator.generate([c.image for c in chunk])
         batch = np.stack([to_model_input(c.image, size)[0] for c in chunk])[:, None]
         encoded = generator.onnx.encode(batch)
-        query_maps, fine = encoded.query_maps, encoded.fine_query_maps
+        query_maps, grounding_maps = encoded.query_maps, encoded.grounding_maps
         for i, (case, draft) in enumerate(zip(chunk, drafts, strict=True)):
             maps = None if query_maps is None else query_maps[i]
-            grounding = maps if fine is None else fine[i]
+            grounding = None if grounding_maps is None else grounding_maps[i]
             for sentence in draft.sentences:
                 _collect(generator.info.labels, sentence.text, sentence.section,
                          sentence.heatmap, maps, grounding, case, samples)

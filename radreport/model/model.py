@@ -276,10 +276,9 @@ class RadReportModel(nn.Module):
         """Memory for the decoder, label logits and the study's feature vector."""
         self._check_images(images)
         if isinstance(self.encoder, CheXQueryEncoder):
-            q = self.encoder(images)
+            q = self.encoder(images, fine=self.fine_head is not None)
             memory = self.proj(torch.cat([q.fused, q.patches], dim=1))
-            fine = (None if self.fine_head is None or q.fine is None
-                    else self.fine_head(q.fine))
+            fine = None if self.fine_head is None or q.fine is None else self.fine_head(q.fine)
             return ImageFeatures(memory, q.label_logits, q.pooled, q.query_attn, fine)
         x = self.encoder(images)  # (B, 1 + N, C_enc)
         return ImageFeatures(self.proj(x[:, 1:]), self.label_head(x[:, 0]), x[:, 0])

@@ -31,6 +31,11 @@ class EncoderOutput:
     query_maps: np.ndarray | None = None  # (B, Q, N) float32, v2: condition/anatomy maps
     fine_query_maps: np.ndarray | None = None  # (B, Q + D, (S/4)^2) float32: the fine head's
 
+    @property
+    def grounding_maps(self) -> np.ndarray | None:
+        """The maps sentences ground on: the fine head's where the graph has them."""
+        return self.query_maps if self.fine_query_maps is None else self.fine_query_maps
+
 
 @dataclass
 class GreedyStep:

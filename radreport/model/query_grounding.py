@@ -66,7 +66,7 @@ def left_share(query_maps: np.ndarray, rows: Sequence[int], n_labels: int) -> fl
     query_maps (Q, N) with N a square grid; the midline is the mean column of the
     mediastinum query's map; the patient's left is the image's right (PA convention).
     """
-    grid = round(query_maps.shape[1] ** 0.5)
+    grid = map_grid(query_maps)
     centres = np.arange(grid) + 0.5
     midline_cols = query_maps[n_labels + ANATOMY_QUERIES.index(MIDLINE_QUERY)].reshape(
         grid, grid).sum(axis=0)

@@ -314,12 +314,11 @@ class ReportGenerator:
         """
         letterboxes = self._checked(batch, letterboxes)
         encoded, safety, prompt = self._encode(batch, contexts)
-        fine = encoded.fine_query_maps
         reports = [_GrowingReport(letterbox, s, self._guard(s, prompt, item_maps), item_maps,
-                                  item_maps if item_fine is None else item_fine)
-                   for letterbox, s, item_maps, item_fine in zip(
+                                  item_grounding)
+                   for letterbox, s, item_maps, item_grounding in zip(
                        letterboxes, safety, _rows(encoded.query_maps, len(safety)),
-                       _rows(fine, len(safety)), strict=True)]
+                       _rows(encoded.grounding_maps, len(safety)), strict=True)]
         ends = (self.onnx.eos_id, self.onnx.pad_id)
         for step in self.onnx.greedy_steps(encoded.memory_kv, prompt=prompt):
             for item, report in enumerate(reports):
