@@ -193,6 +193,9 @@ def fit_safety_command(
     max_review_rate: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Cap on validate studies with an uncertain critical finding.")
     ] = 0.15,
+    pooled_sensitivity: Annotated[float | None, typer.Option(
+        min=0.5, max=1.0, help="Then raise the critical thresholds jointly, for F1, while the "
+        "pooled validate critical sensitivity stays at or above this.")] = None,
     ood_flag_rate: Annotated[float, typer.Option(
         min=0.0, max=0.5, help="Validate studies the OOD threshold flags.")] = 0.01,
     workers: Annotated[int, typer.Option(min=1, help="Processes rendering studies.")
@@ -215,7 +218,7 @@ def fit_safety_command(
     if dataset == "phantoms":
         fit = fit_safety(model, validate, train, workers, critical_sensitivity,
                          max_review_rate=max_review_rate, ood_flag_rate=ood_flag_rate,
-                         variant=variant)
+                         variant=variant, pooled_sensitivity=pooled_sensitivity)
     else:
         from radreport.model.fit_safety_data import fit_safety_on_dataset
 
@@ -223,7 +226,8 @@ def fit_safety_command(
             raise typer.BadParameter(f"--root must be the {dataset} folder", param_hint="--root")
         fitted = fit_safety_on_dataset(model, dataset, root, validate, train,
                                        critical_sensitivity, max_review_rate=max_review_rate,
-                                       ood_flag_rate=ood_flag_rate, variant=variant)
+                                       ood_flag_rate=ood_flag_rate, variant=variant,
+                                       pooled_sensitivity=pooled_sensitivity)
         fit = fitted.fit
         typer.echo(f"{dataset}: {len(fit.validate.labels)} validate studies, "
                    f"{fitted.unreadable} unreadable images skipped")

@@ -21,6 +21,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
 
 from radreport.data.labels import CHEXPERT_LABELS, CRITICAL_LABELS
+from radreport.model.pooled_thresholds import pooled_thresholds
 
 # T in [0.25, 20]. Below 0.25 a label the head separates perfectly on validate would be
 # sharpened towards 0 and 1 without limit (the NLL falls forever), saturating the
@@ -308,8 +309,13 @@ class Calibration:
     def fit(cls, logits: np.ndarray, targets: np.ndarray,
             labels: Sequence[str] = CHEXPERT_LABELS,
             critical: frozenset[str] = CRITICAL_LABELS, critical_sensitivity: float = 0.99,
-            min_specificity: float = 0.9, max_review_rate: float = 0.2) -> Calibration:
-        """Fit every label on validate logits (N, L) and 0/1 targets (N, L), then cap review."""
+            min_specificity: float = 0.9, max_review_rate: float = 0.2,
+            pooled_sensitivity: float | None = None) -> Calibration:
+        """Fit every label on validate logits (N, L) and 0/1 targets (N, L), then cap review.
+
+        ``pooled_sensitivity``: then raise the critical thresholds jointly while the pooled
+        critical sensitivity stays at or above it (``pooled_thresholds.py``).
+        """
         z = np.asarray(logits, dtype=np.float64)
         y = np.asarray(targets)
         if z.ndim != 2 or z.shape != y.shape or z.shape[1] != len(labels):
@@ -319,7 +325,21 @@ class Calibration:
                                      critical_sensitivity, min_specificity)
                           for j, name in enumerate(labels))
         fitted = cls(tuple(labels), per_label)
+        if pooled_sensitivity is not None:
+            fitted = fitted._pooled(fitted.probabilities(z), y, pooled_sensitivity)
         return fitted.cap_review_rate(fitted.probabilities(z), max_review_rate)
+
+    def _pooled(self, probs: np.ndarray, targets: np.ndarray, sensitivity: float,
+                ) -> Calibration:
+        """Critical thresholds raised jointly on validate, each moved one's band refitted."""
+        critical = [j for j, c in enumerate(self.per_label) if c.critical]
+        raised = pooled_thresholds(probs, targets, [c.threshold for c in self.per_label],
+                                   critical, sensitivity)
+        per_label = tuple(
+            c if t == c.threshold else
+            replace(c, threshold=t, band=uncertain_band(probs[:, j], targets[:, j], t))
+            for j, (c, t) in enumerate(zip(self.per_label, raised, strict=True)))
+        return replace(self, per_label=per_label)
 
 
 def _fit_label(logits: np.ndarray, targets: np.ndarray, critical: bool,

@@ -92,7 +92,8 @@ class SafetyFit:
 def fit_safety(model_dir: str | Path, validate_count: int = 1000, train_count: int = 2000,
                workers: int = 1, critical_sensitivity: float = 1.0,
                min_specificity: float = 0.9, max_review_rate: float = 0.2,
-               ood_flag_rate: float = 0.01, variant: Variant = "fp32") -> SafetyFit:
+               ood_flag_rate: float = 0.01, variant: Variant = "fp32",
+               pooled_sensitivity: float | None = None) -> SafetyFit:
     """Fit and write ``calibration.json`` into ``model_dir`` (``calibration.<variant>.json``
     for another variant, fitted on that variant's own outputs); see the module docstring."""
     folder = Path(model_dir)
@@ -101,20 +102,22 @@ def fit_safety(model_dir: str | Path, validate_count: int = 1000, train_count: i
                             workers)
     train = encode_seeds(generator, benchmark_split("train").seeds[:train_count], workers)
     return fit_encoded(folder, generator, validate, train, critical_sensitivity,
-                       min_specificity, max_review_rate, ood_flag_rate, variant)
+                       min_specificity, max_review_rate, ood_flag_rate, variant,
+                       pooled_sensitivity)
 
 
 def fit_encoded(folder: Path, generator: ReportGenerator, validate: EncodedSplit,
                 train: EncodedSplit,
                 critical_sensitivity: float = 1.0, min_specificity: float = 0.9,
                 max_review_rate: float = 0.2, ood_flag_rate: float = 0.01,
-                variant: Variant = "fp32") -> SafetyFit:
+                variant: Variant = "fp32", pooled_sensitivity: float | None = None,
+                ) -> SafetyFit:
     """The fit itself, on splits already encoded (phantoms above; a real dataset's in
     ``fit_safety_data.py``), written into ``folder`` (the generator's)."""
     calibration = Calibration.fit(
         logits_from_probs(validate.label_probs), validate.labels, generator.info.labels,
         critical_sensitivity=critical_sensitivity, min_specificity=min_specificity,
-        max_review_rate=max_review_rate)
+        max_review_rate=max_review_rate, pooled_sensitivity=pooled_sensitivity)
     scorer = MahalanobisScorer.fit(train.features)
     scorer = scorer.with_threshold(scorer.score(validate.features), ood_flag_rate)
     net = SafetyNet(generator.info.labels, calibration, scorer)

@@ -66,12 +66,14 @@ def fit_safety_on_dataset(model_dir: str | Path, kind: str, root: str | Path,
                           validate_count: int = 1000, train_count: int = 2000,
                           critical_sensitivity: float = 1.0, min_specificity: float = 0.9,
                           max_review_rate: float = 0.2, ood_flag_rate: float = 0.01,
-                          variant: Variant = "fp32") -> DatasetFit:
+                          variant: Variant = "fp32", pooled_sensitivity: float | None = None,
+                          ) -> DatasetFit:
     """Write ``calibration.json`` (or the variant's) fitted on ``kind`` at ``root``."""
     folder = Path(model_dir)
     generator = ReportGenerator(folder, variant)
     validate, bad_validate = encode_split(generator, kind, root, "validate", validate_count)
     train, bad_train = encode_split(generator, kind, root, "train", train_count)
     fit = fit_encoded(folder, generator, validate, train, critical_sensitivity,
-                      min_specificity, max_review_rate, ood_flag_rate, variant)
+                      min_specificity, max_review_rate, ood_flag_rate, variant,
+                      pooled_sensitivity)
     return DatasetFit(fit, bad_validate + bad_train)
