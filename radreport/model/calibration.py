@@ -325,9 +325,10 @@ class Calibration:
                                      critical_sensitivity, min_specificity)
                           for j, name in enumerate(labels))
         fitted = cls(tuple(labels), per_label)
+        probs = fitted.probabilities(z)  # temperatures only: raising thresholds keeps them
         if pooled_sensitivity is not None:
-            fitted = fitted._pooled(fitted.probabilities(z), y, pooled_sensitivity)
-        return fitted.cap_review_rate(fitted.probabilities(z), max_review_rate)
+            fitted = fitted._pooled(probs, y, pooled_sensitivity)
+        return fitted.cap_review_rate(probs, max_review_rate)
 
     def _pooled(self, probs: np.ndarray, targets: np.ndarray, sensitivity: float,
                 ) -> Calibration:
