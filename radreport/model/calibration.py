@@ -22,6 +22,7 @@ from scipy.special import expit, logit
 
 from radreport.data.labels import CHEXPERT_LABELS, CRITICAL_LABELS
 from radreport.model.pooled_thresholds import pooled_thresholds
+from radreport.model.threshold_counts import below, confusion, with_margin
 
 # T in [0.25, 20]. Below 0.25 a label the head separates perfectly on validate would be
 # sharpened towards 0 and 1 without limit (the NLL falls forever), saturating the
@@ -88,28 +89,6 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
 
 # --- thresholds ---------------------------------------------------------------------------
 
-def _below(probs: np.ndarray, targets: np.ndarray, cuts: np.ndarray,
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """For each cut: how many studies, and how many positives, have prob < cut."""
-    order = np.argsort(probs, kind="stable")
-    sorted_probs = probs[order]
-    positives_prefix = np.concatenate(([0], np.cumsum(targets[order])))
-    n_below = np.searchsorted(sorted_probs, cuts, side="left")
-    return n_below, positives_prefix[n_below]
-
-
-def _confusion(probs: np.ndarray, targets: np.ndarray, cuts: np.ndarray,
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """TP, FP, TN, FN for each cut, predicting positive when prob >= cut."""
-    n_below, pos_below = _below(probs, targets, cuts)
-    n_pos = int(targets.sum())
-    tp = n_pos - pos_below
-    fn = pos_below
-    tn = n_below - pos_below
-    fp = (probs.size - n_below) - tp
-    return tp, fp, tn, fn
-
-
 def f1_threshold(probs: np.ndarray, targets: np.ndarray) -> float:
     """The threshold maximising F1 on validate (positive when prob >= t).
 
@@ -121,14 +100,8 @@ def f1_threshold(probs: np.ndarray, targets: np.ndarray) -> float:
     if not y.any():
         return NO_POSITIVES_THRESHOLD
     cuts = np.unique(p)
-    tp, fp, _, fn = _confusion(p, y, cuts)
-    return _with_margin(cuts, int(np.argmax(2 * tp / (2 * tp + fp + fn))))
-
-
-def _with_margin(cuts: np.ndarray, index: int) -> float:
-    """Halfway from ``cuts[index]`` to the next lower cut: the same validate decisions,
-    with a margin for test studies that fall just short of the validate ones."""
-    return float(cuts[index] if index == 0 else (cuts[index - 1] + cuts[index]) / 2)
+    tp, fp, _, fn = confusion(p, y, cuts)
+    return with_margin(cuts, int(np.argmax(2 * tp / (2 * tp + fp + fn))))
 
 
 def sensitivity_threshold(probs: np.ndarray, targets: np.ndarray, sensitivity: float = 0.99,
@@ -139,20 +112,20 @@ def sensitivity_threshold(probs: np.ndarray, targets: np.ndarray, sensitivity: f
     ``min_specificity``, the lowest threshold reaching the floor is returned instead (the
     most sensitive one the floor allows), so a weak head cannot call everything present.
     Candidates are the unique probabilities and 1.0; the threshold returned lies halfway
-    to the next lower one (``_with_margin``). No positives: 0.5.
+    to the next lower one (``with_margin``). No positives: 0.5.
     """
     p, y = _binary_pair(probs, targets)
     if not y.any():
         return NO_POSITIVES_THRESHOLD
     cuts = np.union1d(p, [1.0])
-    tp, fp, tn, fn = _confusion(p, y, cuts)
+    tp, fp, tn, fn = confusion(p, y, cuts)
     reaches = tp >= sensitivity * (tp + fn) - 1e-9
     t = int(np.flatnonzero(reaches).max())  # the lowest cut keeps every positive: never empty
     n_neg = int(tn[t] + fp[t])
     if n_neg == 0 or tn[t] >= min_specificity * n_neg - 1e-9:
-        return _with_margin(cuts, t)
+        return with_margin(cuts, t)
     floor = np.flatnonzero(tn >= min_specificity * n_neg - 1e-9)
-    return _with_margin(cuts, int(floor.min())) if floor.size else 1.0
+    return with_margin(cuts, int(floor.min())) if floor.size else 1.0
 
 
 def uncertain_band(probs: np.ndarray, targets: np.ndarray, threshold: float,
@@ -170,13 +143,13 @@ def uncertain_band(probs: np.ndarray, targets: np.ndarray, threshold: float,
     p, y = _binary_pair(probs, targets)
     t = float(np.clip(threshold, 0.0, 1.0))
     high_cuts = np.union1d(p[p >= t], [t, 1.0])
-    n_below, pos_below = _below(p, y, high_cuts)
+    n_below, pos_below = below(p, y, high_cuts)
     n_above, pos_above = p.size - n_below, int(y.sum()) - pos_below
     sure = (n_above == 0) | (pos_above >= sure_precision * n_above - 1e-9)
     high = float(high_cuts[np.flatnonzero(sure).min()]) if sure.any() else 1.0
 
     low_cuts = np.union1d(p[p <= t], [0.0, t])
-    n_below, pos_below = _below(p, y, low_cuts)
+    n_below, pos_below = below(p, y, low_cuts)
     sure = n_below - pos_below >= sure_npv * n_below - 1e-9  # vacuous at 0 studies
     low = float(low_cuts[np.flatnonzero(sure).max()])
     return low, high

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from radreport.model.threshold_counts import confusion, with_margin
+
 
 @dataclass(frozen=True)
 class _Move:
@@ -64,15 +66,14 @@ def pooled_thresholds(probs: np.ndarray, targets: np.ndarray, thresholds: Sequen
 
 def _moves(p: np.ndarray, y: np.ndarray, label: int, threshold: float) -> list[_Move]:
     """Each higher threshold that keeps the positives from one of them upwards."""
-    kept = np.unique(p[y & (p >= threshold)])
+    cuts = np.unique(p)
+    tp, fp, _, _ = confusion(p, y, cuts)
+    tp_now, fp_now, _, _ = confusion(p, y, np.array([threshold]))
     moves = []
-    for target in kept[1:]:  # keep positives >= target; drop those below
-        below = p[p < target]
-        new = float((below.max() + target) / 2) if below.size else float(target)
-        if new <= threshold:
-            continue
-        band = (p >= threshold) & (p < new)
-        lost = int((band & y).sum())
-        if lost:
-            moves.append(_Move(label, new, lost, int((band & ~y).sum())))
+    for target in np.unique(p[y & (p >= threshold)])[1:]:  # keep positives >= target
+        index = int(np.searchsorted(cuts, target))
+        new = with_margin(cuts, index)  # decides as ``target`` does: p >= new iff p >= target
+        lost = int(tp_now[0] - tp[index])
+        if new > threshold and lost:
+            moves.append(_Move(label, new, lost, int(fp_now[0] - fp[index])))
     return moves
