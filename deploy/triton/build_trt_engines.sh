@@ -18,10 +18,11 @@ precision() {  # FP16, plus INT8 with the graph's calibration cache when asked
   if [ -n "$calib" ]; then echo "--fp16 --int8 --calib=$calib/$1/calibration.cache"; else echo "--fp16"; fi
 }
 command -v trtexec >/dev/null || { echo "trtexec not found: run in NVIDIA's TensorRT/Triton container" >&2; exit 1; }
-# model v2: 384 px input; decoder memory 577 (fused token + 24 x 24 patches); 176 positions,
+# model v2: 512 px input; decoder memory 1025 (fused token + 32 x 32 patches); 176 positions,
 # the first step feeding the 28-token prompt and BOS at once (the findings guard re-feeds a
-# prompt and a report prefix of up to 175 tokens in one step)
-size=384 memory=577 batch_max=4 len_max=176 past_opt=96
+# prompt and a report prefix of up to 175 tokens in one step). A unit test checks these
+# against the shipped graphs.
+size=512 memory=1025 batch_max=4 len_max=176 past_opt=96
 for model in encoder decoder_step; do
   mkdir -p "$out/$model/1"
   cp "$here/gpu/$model/config.pbtxt" "$out/$model/config.pbtxt"

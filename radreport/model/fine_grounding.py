@@ -379,7 +379,7 @@ def package_folder(model_dir: Path, head_dir: Path, out: Path, version: str,
 @app.command()
 def package(model_dir: Path = Path("radreport/model/default"),
             head_dir: Path = Path("var/fine-head"),
-            out: Path = Path("var/model-fine"), version: str = "0.3.0",
+            out: Path = Path("var/model-fine"), version: str = "0.4.0",
             max_gap: float = 1e-3) -> None:
     """Write a model folder with the head (see ``package_folder``); fails if any other
     output moved by more than ``max_gap``."""

@@ -184,7 +184,7 @@ class SentenceGrounder:
     def refine(self, text: str, decoder_map: np.ndarray,
                query_maps: np.ndarray | None) -> np.ndarray:
         """decoder_map (grid, grid) -> the sentence's map on the query maps' grid (a fine
-        head's 96 x 96, the decoder's map upsampled to it), summing to 1."""
+        head's 128 x 128 at 512 px, the decoder's map upsampled to it), summing to 1."""
         kind = sentence_kind(text, self.labels)
         tuning = self.tuning(kind.name)
         decoder_map = on_grid(decoder_map, decoder_map.shape[0] if query_maps is None

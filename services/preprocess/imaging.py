@@ -67,7 +67,7 @@ DEFAULT_MAX_PIXELS: Final = 4096 * 4096
 # tags, overlays, icons). Also bounds what a deflated dataset may inflate to.
 DEFAULT_MAX_BYTES: Final = 256 * 2**20
 LOW_CONTRAST: Final = 0.15  # 1st-99th percentile spread below this: washed out or blank
-SMALL_SIDE_PX: Final = 384  # a side below the model's 384 px input: upsampled, detail invented
+SMALL_SIDE_PX: Final = 384  # below: upsampled over 1.33x to the 512 px input, detail invented
 QUALITY_SAMPLE_SIDE: Final = 512  # percentiles on a strided sample: same answer, ~16x faster
 CLAHE_CLIP_LIMIT: Final = 0.01  # scikit-image's default; higher amplifies noise in the lungs
 # What objectively cannot be a radiograph is refused, not reported (the OOD gate flags the

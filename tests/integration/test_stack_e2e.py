@@ -80,7 +80,7 @@ def test_a_dicom_study_becomes_a_grounded_report(api: httpx.Client, phantom_dico
     report = response.json()
     assert report["status"] == "completed"
     assert (report["findings"], report["impression"]) == _reference_findings(phantom_dicom)
-    assert report["model_version"] == "radreport-phantom:0.3.0"
+    assert report["model_version"] == "radreport-phantom:0.4.0"
     assert report["processing_time_ms"] > 0
     assert 0.0 <= report["confidence"] <= 1.0
     assert isinstance(report["requires_radiologist_review"], bool)
@@ -256,7 +256,7 @@ def test_a_report_stored_but_never_queued_is_picked_up(stack: LocalStack,
     from services.common.blobs import BlobStore
 
     store = Store(f"sqlite:///{stack.config.data_dir / 'radreport.db'}")
-    report, created = store.create_or_get("E2E-STALLED", "radreport-phantom:0.3.0",
+    report, created = store.create_or_get("E2E-STALLED", "radreport-phantom:0.4.0",
                                           {"requested_by": "e2e-client"})
     assert created
     BlobStore(stack.config.data_dir / "blobs").put_bytes(report.id, "input.dcm",

@@ -53,7 +53,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def point_at(config_path: Path, folder: Path) -> None:
     """A report model's config serving ``folder``: its ``model_dir`` parameter and its image
-    input at the folder's size (the shipped configs name 384 px; this model is 64 px)."""
+    input at the folder's size (the shipped configs name 512 px; this model is 64 px)."""
     config = parse_config(config_path)
     size = ModelInfo.load(folder / "model.json").image_size
     image = next(t for t in config.input if t.name == "image")

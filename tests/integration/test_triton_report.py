@@ -28,7 +28,7 @@ from radreport.serving.tritonserver import DEFAULT_REPOSITORY, TritonServer, fre
 
 pytestmark = pytest.mark.integration
 MODEL = "radreport_report"
-SIZE = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json").image_size  # model v2: 384
+SIZE = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json").image_size  # model v2 0.4.0: 512
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def infer(url: str, image: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
 def assert_same_report(served: dict[str, Any], expected: dict[str, Any]) -> None:
     assert served["text"] == expected["text"]
     assert served["token_ids"] == expected["token_ids"]
-    assert served["model_version"] == expected["model_version"] == "radreport-phantom:0.3.0"
+    assert served["model_version"] == expected["model_version"] == "radreport-phantom:0.4.0"
     assert len(served["sentences"]) == len(expected["sentences"])
     for got, want in zip(served["sentences"], expected["sentences"], strict=True):
         assert (got["text"], got["section"], got["boxes"]) == (

@@ -149,7 +149,7 @@ def test_sentences_stream_as_they_are_decoded_and_equal_the_report(
     for live, final in zip(streamed, report.sentences, strict=True):
         assert (live.index, live.section, live.text, list(live.boxes), list(live.labels)) == (
             final.index, final.section, final.text, list(final.boxes), list(final.labels))
-        assert live.grounding.grid == final.grounding.grid == 96  # 0.3.0: the fine head's maps
+        assert live.grounding.grid == final.grounding.grid == 128  # 0.4.0: fine head maps
         cells = np.frombuffer(live.grounding.cells, np.uint8).astype(int)
         assert np.abs(cells - np.frombuffer(final.grounding.cells, np.uint8)).max() <= 1
     # real streaming, not a replay: each sentence is stamped when the model decoded it, one

@@ -210,8 +210,8 @@ def test_a_model_with_the_head_exports_and_reads_back(tmp_path: Path) -> None:
 
 
 def test_package_adds_the_head_and_keeps_every_other_output(tmp_path: Path) -> None:
-    """``package_folder`` (how 0.3.0 was made): the folder's model read back from its graphs,
-    the head attached, every variant re-exported; the other outputs do not move."""
+    """``package_folder`` (how 0.3.0 and 0.4.0 were made): the folder's model read back from
+    its graphs, the head attached, every variant re-exported; the other outputs do not move."""
     from radreport.model.export import export_onnx, quantize_int8
     from radreport.model.fine_grounding import package_folder
     from radreport.model.onnx_runtime import OnnxReportModel

@@ -29,7 +29,7 @@ def test_square_input_is_the_block_mean_the_model_was_trained_on() -> None:
 
 @pytest.mark.parametrize("shape", [(512, 512), (2048, 1700), (300, 200)])
 def test_any_input_is_resized_as_training_resizes(shape: tuple[int, int]) -> None:
-    """512 -> 384 px (the benchmark's studies to v2's input) is not a whole ratio: serving
+    """512 -> 384 px (the benchmark's studies to 0.3's input) is not a whole ratio: serving
     must average the same windows as training's torch area interpolation, not a box filter."""
     import torch
 
@@ -72,7 +72,7 @@ SHIPPED_VARIANTS = ("fp32", "int8", "fp16")
 
 def test_shipped_model_folder_is_complete_and_small() -> None:
     info = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json")
-    assert (info.name, info.version, info.image_size) == ("radreport-phantom", "0.3.0", 384)
+    assert (info.name, info.version, info.image_size) == ("radreport-phantom", "0.4.0", 512)
     assert set(SHIPPED_VARIANTS) <= set(VARIANTS)
     graphs = [p for v in SHIPPED_VARIANTS for p in model_files(DEFAULT_MODEL_DIR, v)]
     files = [*graphs, DEFAULT_MODEL_DIR / "tokenizer.json"]
@@ -93,7 +93,7 @@ def test_shipped_model_drafts_grounded_reports(generator: ReportGenerator) -> No
         assert set(draft.label_probs) == set(generator.info.labels)
         for sentence in draft.sentences:
             assert sentence.text.endswith(".") and not sentence.text[0].islower()
-            assert sentence.heatmap.shape == (96, 96)  # 0.3.0's fine grounding head, stride 4
+            assert sentence.heatmap.shape == (128, 128)  # 0.4.0: the fine head, stride 4
             assert np.isclose(sentence.heatmap.sum(), 1.0, atol=1e-3)
             assert sentence.boxes
             for x0, y0, x1, y1 in sentence.boxes:

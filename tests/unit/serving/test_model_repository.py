@@ -150,12 +150,14 @@ def test_bls_report_model_takes_the_clinical_context_too() -> None:
 
 def test_encoder_configs_serve_every_output_of_the_graph() -> None:
     graph = onnx.load(str(model_files(DEFAULT_MODEL_DIR)[0]))
+    size = ModelInfo.load(DEFAULT_MODEL_DIR / "model.json").image_size
     for target in TARGETS.values():
         config = parse_config(target / "encoder" / "config.pbtxt")
         assert [o.name for o in config.output] == [o.name for o in graph.graph.output]
         dims = {o.name: list(o.dims) for o in config.output}
-        assert dims["query_maps"] == [-1, 20, 576]
-        assert dims["fine_query_maps"] == [-1, 23, 96 * 96]  # 20 queries and 3 device kinds
+        assert dims["query_maps"] == [-1, 20, (size // 16) ** 2]  # the patch grid
+        # 20 queries and 3 device kinds at stride 4
+        assert dims["fine_query_maps"] == [-1, 23, (size // 4) ** 2]
 
 
 def test_a_report_model_of_another_input_size_is_reported() -> None:
@@ -173,7 +175,7 @@ def test_tensorrt_profiles_that_do_not_fit_the_graphs_are_reported() -> None:
     config = parse_config(TARGETS["gpu"] / "radreport_report" / "config.pbtxt")
     assert profile_problems(config, encoder, decoder) == []
     providers = config.parameters["execution_providers"]
-    providers.string_value = (providers.string_value.replace("x577x", "x256x")
+    providers.string_value = (providers.string_value.replace("x1025x", "x256x")
                               .replace("tokens:4x176", "tokens:4x144"))
     problems = profile_problems(config, encoder, decoder)
     assert any("memory_kv [3, 2, 1, 4, 256, 32] does not match" in p for p in problems)

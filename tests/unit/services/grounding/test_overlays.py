@@ -40,7 +40,7 @@ def _cell_on_original(letterbox: Letterbox, grid: int, row: int, col: int
 # --- geometry ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [LANDSCAPE, PORTRAIT])
-# 384: the shipped model's input and grid; 224: padding off-grid
+# 384: 16 px cells, the patch grid at any input size; 224: padding off-grid
 @pytest.mark.parametrize(("size", "grid"), [(384, 24), (256, 16), (224, 14)])
 @pytest.mark.parametrize("where", ["upper left", "centre", "lower right"])
 def test_heat_lands_where_the_letterbox_maps_its_cell(shape: tuple[int, int], size: int,

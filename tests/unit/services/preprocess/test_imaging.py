@@ -59,7 +59,7 @@ from services.preprocess.imaging import (
     sniff_format,
 )
 
-SIZE = 384  # the shipped model's input side: smaller studies are flagged small_image
+SIZE = 384  # SMALL_SIDE_PX: smaller studies are flagged small_image
 SEED = 5
 LOSSLESS_WRITER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless,
                             JPEGLSLossless, JPEG2000Lossless]
