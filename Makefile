@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= var/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint unit integration containers clean
+.PHONY: setup demo test lint unit integration containers gate clean
 
 setup:
 	@bash deploy/local/bootstrap.sh
@@ -23,6 +23,12 @@ lint: setup
 # smoke test (root; CI runs it as its own step, not in `make test`).
 containers: setup
 	@RADREPORT_VENV=$(VENV) bash deploy/containers/check.sh
+
+# The release gate (issue 18) on the shipped model: all 1,000 phantom test studies against
+# issue 15's goals; exits 1 if any is not met (about 15 minutes on 2 cores; CI runs it).
+gate: setup
+	$(VENV)/bin/radreport gate radreport/model/default \
+		--thresholds radreport/eval/thresholds/phantom-v2.toml --out var/gate
 
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
