@@ -59,7 +59,7 @@ def run(count: int = 20, burst: int = 200, size: int = 1024) -> Iterator[str]:
         j2k = write_study_dicom(generate_study(1000, 2048), root / "j2k",
                                 DicomOptions("DX", "MONOCHROME2", 12, str(JPEG2000Lossless)))
         generator = ReportGenerator()
-        side = generator.info.image_size  # the shipped model's input (384 px)
+        side = generator.info.image_size  # the shipped model's input (512 px for 0.4.0)
 
         def model_only(path: Path) -> float:
             model_input, letterbox = prepare_for_model(load_image(path, model_side=side), side)

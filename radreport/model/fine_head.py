@@ -1,4 +1,4 @@
-"""The fine grounding head: one map per v2 query at stride 4 (96 x 96 at 384 px).
+"""The fine grounding head: one map per v2 query at stride 4 (128 x 128 at 512 px).
 
 The queries' maps live on the 24 x 24 patch grid (stride 16). The pointing game tests the
 pixel under the centre of the peak cell, so a line, a tube or a band a few pixels wide
